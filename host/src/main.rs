@@ -1,0 +1,155 @@
+//! The `wasmgate` command: `run`, `check` and `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wasmgate::config::{self, LoadedConfig};
+use wasmgate::error::ConfigErrors;
+use wasmgate::gateway::{self, Gateway};
+use wasmgate::snapshot::Snapshot;
+
+#[derive(Parser)]
+#[command(name = "wasmgate", version, about = "A programmable API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file; SIGHUP reloads it, SIGTERM drains and exits.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a config file: every problem as `file:line:col: message`; exit 1 if any.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run on an embedded config with two in-process demo upstreams.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match config::load_file(&config) {
+            Ok(loaded) => run(loaded, Some(config)),
+            Err(errors) => print_errors(&ConfigErrors(errors)),
+        },
+        Command::Demo { listen } => demo(&listen),
+    }
+}
+
+fn print_errors(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    ExitCode::FAILURE
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    let loaded = match config::load_file(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => return print_errors(&ConfigErrors(errors)),
+    };
+    // Building clients needs no runtime, but keep one around for anything that spawns.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { Snapshot::build(&loaded) }) {
+        Ok(snapshot) => {
+            println!(
+                "{}: ok ({} routes, {} upstreams)",
+                path.display(),
+                snapshot.router.len(),
+                snapshot.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => print_errors(&errors),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().thread_name("wasmgate-worker").build()
+}
+
+fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> ExitCode {
+    let _log_guard = wasmgate::telemetry::init();
+    let runtime = match runtime(loaded.config.server.workers) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let snapshot = match Snapshot::build(&loaded) {
+            Ok(snapshot) => snapshot,
+            Err(errors) => return print_errors(&errors),
+        };
+        let gateway = match Gateway::bind(snapshot) {
+            Ok(gateway) => gateway,
+            Err(err) => {
+                tracing::error!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(path) = path {
+            gateway::spawn_reload_on_sighup(path, gateway.state());
+        }
+        gateway.serve(gateway::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn demo(listen: &str) -> ExitCode {
+    let _log_guard = wasmgate::telemetry::init();
+    let runtime = match runtime(None) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let demo = match wasmgate::demo::start(listen).await {
+            Ok(demo) => demo,
+            Err(err) => {
+                eprintln!("cannot start the demo: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let snapshot = match Snapshot::build(&demo.config) {
+            Ok(snapshot) => snapshot,
+            Err(errors) => return print_errors(&errors),
+        };
+        let gateway = match Gateway::bind(snapshot) {
+            Ok(gateway) => gateway,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (plain, _) = gateway.addresses();
+        if let Some(addr) = plain.first() {
+            println!("{}", wasmgate::demo::instructions(*addr));
+        }
+        gateway.serve(gateway::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,367 @@
+//! Body types of the proxy path.
+//!
+//! Request bodies stream to the upstream as they arrive; the size limit is enforced on the way.
+//! When a retry may need the body again, it goes through [`ReplayBody`], which keeps what it has
+//! sent up to a bound (as linkerd2-proxy's replay body does) and gives up replay beyond it.
+//! Response bodies stream back and report their size to the access log when they end.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The request body grew past `max_body_bytes`.
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body exceeds {} bytes", self.limit)
+    }
+}
+impl StdError for BodyTooLarge {}
+
+/// Reading the client's body failed (the client went away or broke the framing).
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reading the client's request body failed: {}", self.0)
+    }
+}
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A replay body was polled after a newer attempt took over.
+#[derive(Debug)]
+struct Superseded;
+impl fmt::Display for Superseded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body superseded by a retry")
+    }
+}
+impl StdError for Superseded {}
+
+/// The client's body with the size limit applied as it streams.
+pub struct LimitedIncoming {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+}
+
+impl LimitedIncoming {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        LimitedIncoming { inner, seen: 0, limit }
+    }
+}
+
+impl Body for LimitedIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(err))))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct ReplayState {
+    /// `None` once the client's body has ended.
+    source: Option<LimitedIncoming>,
+    buffered: Vec<Bytes>,
+    buffered_len: usize,
+    cap: usize,
+    /// The buffer no longer holds everything read so far: replay is impossible.
+    overflowed: bool,
+    trailers: Option<HeaderMap>,
+    /// Only the newest clone may read; older attempts are over.
+    generation: u64,
+}
+
+/// A request body that can be sent again, as long as no more than `cap` bytes had to be kept.
+pub struct ReplayBody {
+    state: Arc<Mutex<ReplayState>>,
+    generation: u64,
+    /// Next buffered chunk this clone replays.
+    position: usize,
+    trailers_sent: bool,
+    hint: SizeHint,
+}
+
+impl ReplayBody {
+    pub fn new(source: LimitedIncoming, cap: usize) -> Self {
+        let hint = source.size_hint();
+        ReplayBody {
+            state: Arc::new(Mutex::new(ReplayState {
+                source: Some(source),
+                buffered: Vec::new(),
+                buffered_len: 0,
+                cap,
+                overflowed: false,
+                trailers: None,
+                generation: 0,
+            })),
+            generation: 0,
+            position: 0,
+            trailers_sent: false,
+            hint,
+        }
+    }
+
+    /// A fresh copy that replays the body from the start, if everything read so far was kept.
+    /// Earlier copies stop yielding data.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut state = self.state.lock();
+        if state.overflowed {
+            return None;
+        }
+        state.generation += 1;
+        Some(ReplayBody {
+            state: self.state.clone(),
+            generation: state.generation,
+            position: 0,
+            trailers_sent: false,
+            hint: self.hint.clone(),
+        })
+    }
+}
+
+impl ReplayBody {
+    /// Whether [`ReplayBody::replay`] would succeed now.
+    pub fn replay_possible(&self) -> bool {
+        !self.state.lock().overflowed
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut state = this.state.lock();
+        if state.generation != this.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if this.position < state.buffered.len() {
+            let chunk = state.buffered[this.position].clone();
+            this.position += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let Some(source) = state.source.as_mut() else {
+            if !this.trailers_sent && let Some(trailers) = state.trailers.clone() {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(source).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if !state.overflowed && state.buffered_len + data.len() <= state.cap {
+                        state.buffered_len += data.len();
+                        state.buffered.push(data.clone());
+                        this.position = state.buffered.len();
+                    } else if !state.overflowed {
+                        state.overflowed = true;
+                        state.buffered = Vec::new();
+                        state.buffered_len = 0;
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    state.trailers = Some(trailers.clone());
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(err))),
+            None => {
+                state.source = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.hint.exact() == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+/// What the gateway sends upstream.
+pub enum RequestBody {
+    Empty,
+    Stream(LimitedIncoming),
+    Replay(ReplayBody),
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody::Empty
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(body) => body.is_end_stream(),
+            RequestBody::Replay(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(body) => body.size_hint(),
+            RequestBody::Replay(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Called once when a response body is over, with the bytes sent and whether it ended cleanly.
+pub trait OnBodyEnd: Send + Sync + 'static {
+    fn on_end(self: Box<Self>, bytes: u64, complete: bool);
+}
+
+/// What the gateway sends to the client.
+pub struct ResponseBody {
+    inner: ResponseInner,
+    bytes: u64,
+    on_end: Option<Box<dyn OnBodyEnd>>,
+}
+
+enum ResponseInner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            inner: ResponseInner::Upstream(body),
+            bytes: 0,
+            on_end: None,
+        }
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            inner: ResponseInner::Full((!bytes.is_empty()).then_some(bytes)),
+            bytes: 0,
+            on_end: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn set_on_end(&mut self, on_end: Box<dyn OnBodyEnd>) {
+        self.on_end = Some(on_end);
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end.on_end(self.bytes, complete);
+        }
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody::full(bytes)
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            ResponseInner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BoxError::from)),
+            ResponseInner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+        };
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Some(Err(_)) => this.finish(false),
+            None => this.finish(true),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Upstream(body) => body.is_end_stream(),
+            ResponseInner::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Upstream(body) => body.size_hint(),
+            ResponseInner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

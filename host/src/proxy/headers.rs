@@ -1,0 +1,220 @@
+//! Header work on the proxy path: hop-by-hop removal, `X-Forwarded-*`, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use rand::Rng;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
+/// including every header the `Connection` header names. `TE: trailers` is kept when the next
+/// hop speaks HTTP/2 (gRPC needs it); `Upgrade` is kept for upgrade requests and 101 responses.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    // Names listed in Connection are usually absent; avoid allocating unless there are some.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| {
+            let token = token.trim();
+            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+                None
+            } else {
+                HeaderName::from_bytes(token.as_bytes()).ok()
+            }
+        })
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_is_trailers = keep_te_trailers
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_is_trailers {
+        headers.remove(header::TE);
+    }
+    headers.remove(header::CONNECTION);
+    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip, trusted) {
+                    break;
+                }
+            }
+            // Garbage in the chain: stop believing it here.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`. From a trusted proxy the existing values are kept and the
+/// peer is appended; from anyone else they are replaced, so clients cannot forge them.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, proto: &'static str, host: Option<&HeaderValue>) {
+    let peer_text = peer.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) if peer_trusted => {
+            let mut value = existing.as_bytes().to_vec();
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(peer_text.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        _ => None,
+    };
+    let forwarded_for = forwarded_for.or_else(|| HeaderValue::from_str(&peer_text).ok());
+    if peer_trusted {
+        // Several XFF lines are merged into the one value built above.
+        headers.remove(&X_FORWARDED_FOR);
+    }
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Keeps the client's `X-Request-Id` when it is sane (visible ASCII, at most 128 bytes), else
+/// generates one; returns the id in effect.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(existing) = headers.get(&X_REQUEST_ID)
+        && !existing.is_empty()
+        && existing.len() <= 128
+        && existing.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return existing.clone();
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::rng().random();
+    let mut text = [0u8; 32];
+    for (i, slot) in text.iter_mut().enumerate() {
+        *slot = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        let mut h = headers(&[("te", "trailers"), ("connection", "upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true, true);
+        assert!(h.contains_key("te") && h.contains_key("upgrade") && h.contains_key("connection"));
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.1.1.1")]);
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let stranger: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(proxy, &h, &[]), proxy);
+    }
+
+    #[test]
+    fn forwarded_headers_are_replaced_for_strangers() {
+        let mut h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "8.8.8.8".parse().unwrap(), false, "http", Some(&HeaderValue::from_static("a.com")));
+        assert_eq!(h["x-forwarded-for"], "8.8.8.8");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.com");
+        let mut h = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = headers(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+        let mut h = headers(&[("x-request-id", "bad id with spaces")]);
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,300 @@
+//! The request's way through the gateway, in phases (after Pingora's `ProxyHttp`):
+//! check the request, route it, prepare the upstream request, forward it (retrying as the
+//! policy allows), then shape the response. One function per phase; errors of every phase are
+//! [`ProxyError`]s, turned into a response in one place.
+
+pub mod body;
+pub mod headers;
+pub mod retry;
+mod upgrade;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::error::{ErrorKind, ProxyError, Side, find_in_chain};
+use crate::server::ConnInfo;
+use crate::snapshot::{Route, Snapshot};
+use crate::telemetry::AccessRecord;
+use crate::upstream::Upstream;
+use body::{BodyTooLarge, ClientBodyError, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
+
+/// Serves one request on `snapshot`; never fails: errors become responses.
+pub async fn serve(snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>, mut request: Request<Incoming>) -> Response<ResponseBody> {
+    let client_ip = headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
+    let request_id = headers::ensure_request_id(request.headers_mut());
+    let mut record = AccessRecord::new(client_ip, &request, request_id.clone());
+    let mut response = match proxy(&snapshot, &conn, request, &mut record).await {
+        Ok(response) => response,
+        Err(error) => {
+            // Bad requests and unknown paths are the client's business; the rest is ours.
+            match error.kind {
+                ErrorKind::BadRequest | ErrorKind::BodyTooLarge | ErrorKind::ClientBody | ErrorKind::NoRoute => {
+                    tracing::debug!(request_id = ?request_id, "{error}")
+                }
+                _ => tracing::warn!(request_id = ?request_id, route = record.route.as_deref().unwrap_or("-"), "{error}"),
+            }
+            record.error = Some(error.kind.code());
+            let mut response: Response<ResponseBody> = error.to_response();
+            if error.kind == ErrorKind::BadRequest {
+                // The framing of this connection cannot be trusted any more.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
+    response.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
+    record.status = response.status().as_u16();
+    response.body_mut().set_on_end(Box::new(record));
+    response
+}
+
+async fn proxy(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    mut request: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_framing(&request, snapshot.max_body_bytes)?;
+    let (route, rewritten_path) = find_route(snapshot, &request)?;
+    record.route = Some(route.name.clone());
+    let upstream = route.backend.choose().clone();
+    let client_upgrade = upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    prepare_upstream_request(&mut parts, conn, &snapshot.trusted_proxies, &route, &upstream, rewritten_path, client_upgrade.is_some())?;
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        let cap = if upstream.retry.may_replay(&parts.method) { upstream.retry.max_replay_body } else { 0 };
+        RequestBody::Replay(ReplayBody::new(LimitedIncoming::new(body, snapshot.max_body_bytes), cap))
+    };
+    let timeout = route.timeout.unwrap_or(upstream.timeout);
+    let mut response = forward(&upstream, parts, body, timeout, record).await?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match client_upgrade {
+            Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response)),
+            None => Err(ProxyError::new(ErrorKind::UpstreamProtocol, "upstream switched protocols without being asked")),
+        };
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), false, false);
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+}
+
+/// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.
+fn check_framing(request: &Request<Incoming>, max_body_bytes: u64) -> Result<(), ProxyError> {
+    let headers = request.headers();
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first_length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(ProxyError::new(ErrorKind::BadRequest, "more than one Content-Length header"));
+    }
+    if first_length.is_some() && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::new(ErrorKind::BadRequest, "both Content-Length and Transfer-Encoding"));
+    }
+    if let Some(length) = first_length {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ProxyError::new(ErrorKind::BadRequest, "invalid Content-Length"))?;
+        if length > max_body_bytes {
+            return Err(ProxyError::new(
+                ErrorKind::BodyTooLarge,
+                format!("request body of {length} bytes exceeds the limit of {max_body_bytes}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The request's host without port: the URI's authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    let raw = match request.uri().host() {
+        Some(host) => host,
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rfind(':') {
+        Some(colon) if host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..colon],
+        _ => host,
+    }
+}
+
+fn find_route(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(Arc<Route>, Option<String>), ProxyError> {
+    let host = request_host(request);
+    let path = request.uri().path();
+    let found = snapshot
+        .router
+        .find(host, request.method(), path, request.headers())
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route matches this request"))?;
+    let rewritten = found.value.rewrite.as_ref().map(|template| template.render(&found.params));
+    Ok((found.value.clone(), rewritten))
+}
+
+/// Turns the client's request head into the upstream's: hop-by-hop headers out,
+/// `X-Forwarded-*` in, path rewritten, `Host` kept or rewritten, HTTP version of the upstream.
+fn prepare_upstream_request(
+    parts: &mut Parts,
+    conn: &ConnInfo,
+    trusted_proxies: &[ipnet::IpNet],
+    route: &Route,
+    upstream: &Upstream,
+    rewritten_path: Option<String>,
+    is_upgrade: bool,
+) -> Result<(), ProxyError> {
+    let http2_upstream = upstream.protocol.is_http2();
+    headers::strip_hop_by_hop(&mut parts.headers, is_upgrade, http2_upstream);
+    // HTTP/2 clients name the host in :authority; HTTP/1.1 upstreams need it in Host.
+    let original_host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let peer = conn.peer.ip();
+    let peer_trusted = headers::is_trusted(peer, trusted_proxies);
+    headers::set_forwarded(
+        &mut parts.headers,
+        peer,
+        peer_trusted,
+        if conn.tls { "https" } else { "http" },
+        original_host.as_ref(),
+    );
+    match (&route.host_rewrite, original_host) {
+        (Some(rewrite), _) => {
+            parts.headers.insert(header::HOST, rewrite.clone());
+        }
+        (None, Some(host)) => {
+            parts.headers.insert(header::HOST, host);
+        }
+        (None, None) => {}
+    }
+    let path_and_query = match rewritten_path {
+        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(path) => {
+            let full = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            PathAndQuery::try_from(full)
+                .map_err(|_| ProxyError::new(ErrorKind::BadRequest, "rewritten path is not a valid URI path"))?
+        }
+    };
+    // The authority is filled in per attempt, once a target is chosen.
+    parts.uri = Uri::from(path_and_query);
+    parts.version = if http2_upstream { Version::HTTP_2 } else { Version::HTTP_11 };
+    Ok(())
+}
+
+/// Sends the request to a target of `upstream`, retrying as its policy allows, within `timeout`.
+async fn forward(
+    upstream: &Upstream,
+    parts: Parts,
+    body: RequestBody,
+    timeout: Duration,
+    record: &mut AccessRecord,
+) -> Result<Response<Incoming>, ProxyError> {
+    let deadline = Instant::now() + timeout;
+    let policy = &upstream.retry;
+    policy.record_request();
+    // The first attempt's body is a replay of the original, so every attempt is alike.
+    let (mut first_body, replay_source) = match body {
+        RequestBody::Replay(replay) => (None, Some(replay)),
+        other => (Some(other), None),
+    };
+    let mut tried: Vec<usize> = Vec::new();
+    let scheme = if upstream.protocol.is_tls() { Scheme::HTTPS } else { Scheme::HTTP };
+    loop {
+        let Some(index) = upstream.pick(&parts.headers, &tried) else {
+            return Err(ProxyError::new(ErrorKind::NoHealthyTarget, format!("upstream `{}` has no available target", upstream.name)));
+        };
+        let target = upstream.targets[index].clone();
+        tried.push(index);
+        record.attempts += 1;
+        record.upstream = Some(target.addr.clone());
+        let body = match (&replay_source, first_body.take()) {
+            (_, Some(body)) => body,
+            (Some(source), None) => match source.replay() {
+                Some(replay) => RequestBody::Replay(replay),
+                None => return Err(ProxyError::new(ErrorKind::Internal, "request body cannot be replayed")),
+            },
+            (None, None) => RequestBody::Empty,
+        };
+        let mut request = Request::from_parts(parts.clone(), body);
+        let mut uri_parts = parts.uri.clone().into_parts();
+        uri_parts.scheme = Some(scheme.clone());
+        uri_parts.authority = Some(target.authority.clone());
+        *request.uri_mut() = Uri::from_parts(uri_parts).map_err(|err| ProxyError::new(ErrorKind::Internal, "cannot build upstream URI").with_source(err))?;
+
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let per_try = policy.per_try_timeout.map_or(remaining, |t| t.min(remaining));
+        let in_flight = target.start_request();
+        let outcome = match tokio::time::timeout(per_try, upstream.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify_client_error(err, &target.addr)),
+            Err(_) => Err(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!("no response from {} within {}ms", target.addr, per_try.as_millis()),
+            )),
+        };
+        drop(in_flight);
+
+        let failed = match &outcome {
+            Ok(response) => response.status().is_server_error(),
+            Err(error) => error.side == Side::Upstream,
+        };
+        upstream.record_outcome(index, failed);
+
+        let retries_done = record.attempts - 1;
+        let body_replayable = match &replay_source {
+            None => true,
+            Some(source) => source.replay_possible(),
+        };
+        let retry = retries_done < policy.attempts
+            && match &outcome {
+                Ok(response) => policy.retries_status(response.status(), &parts.method, body_replayable),
+                Err(error) => policy.retries_error(error, &parts.method, body_replayable),
+            }
+            && policy.take_budget(outcome.as_ref().err());
+        if !retry {
+            return outcome;
+        }
+        let pause = policy.backoff(record.attempts);
+        if Instant::now() + pause >= deadline {
+            return outcome;
+        }
+        tracing::debug!(upstream = %upstream.name, target = %target.addr, attempt = record.attempts, "retrying");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// What a hyper-util client error means for the proxy: which side, and whether anything was sent.
+fn classify_client_error(err: hyper_util::client::legacy::Error, target: &str) -> ProxyError {
+    if let Some(too_large) = find_in_chain::<BodyTooLarge>(&err) {
+        let message = too_large.to_string();
+        return ProxyError::new(ErrorKind::BodyTooLarge, message);
+    }
+    if find_in_chain::<ClientBodyError>(&err).is_some() {
+        return ProxyError::new(ErrorKind::ClientBody, "the client's request body failed").with_source(err);
+    }
+    if err.is_connect() {
+        let timed_out = find_in_chain::<std::io::Error>(&err).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        let kind = if timed_out { ErrorKind::ConnectTimeout } else { ErrorKind::ConnectFailed };
+        return ProxyError::new(kind, format!("cannot connect to {target}")).with_source(err);
+    }
+    let parse_error = find_in_chain::<hyper::Error>(&err).is_some_and(hyper::Error::is_parse);
+    let kind = if parse_error { ErrorKind::UpstreamProtocol } else { ErrorKind::UpstreamReset };
+    ProxyError::new(kind, format!("exchange with {target} failed")).with_source(err)
+}

@@ -1,0 +1,327 @@
+//! The runtime form of a config: built once per load, read-only afterwards. A request loads
+//! the current snapshot once and keeps it to its end, so a reload never changes a request
+//! half-way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+use crate::config::{Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, parse_trusted_proxy};
+use crate::error::ConfigErrors;
+use crate::router::rewrite::{RewriteTemplate, captured_params};
+use crate::router::{self, Predicates, RouteSpec, Router};
+use crate::server::tls;
+use crate::upstream::{ClientCache, SmoothRoundRobin, Upstream};
+
+pub struct Snapshot {
+    pub router: Router<Arc<Route>>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: u64,
+    pub listeners: ListenerSettings,
+}
+
+/// What the listeners need; changing these needs new sockets.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub workers: Option<usize>,
+    pub drain_timeout: Duration,
+}
+
+pub struct Route {
+    /// The route's `name`, or `#N` (its 1-based position in the file).
+    pub name: Arc<str>,
+    pub backend: Backend,
+    pub rewrite: Option<RewriteTemplate>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub timeout: Option<Duration>,
+}
+
+pub enum Backend {
+    Upstream(Arc<Upstream>),
+    /// Weighted split across upstreams (canary): smooth round robin over the weights, so a
+    /// 90/10 split is exact over every 100 requests.
+    Split { members: Vec<(Arc<Upstream>, u32)>, turn: SmoothRoundRobin },
+}
+
+impl Backend {
+    pub fn choose(&self) -> &Arc<Upstream> {
+        match self {
+            Backend::Upstream(upstream) => upstream,
+            Backend::Split { members, turn } => {
+                let index = turn
+                    .pick_by_weight(members.len(), &|i| members[i].1, &|_| true)
+                    .unwrap_or(0);
+                &members[index].0
+            }
+        }
+    }
+}
+
+impl Snapshot {
+    /// Builds everything, or reports every problem found.
+    pub fn build(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
+        let mut diagnostics = Diagnostics::new(loaded.source.clone());
+        let config = &loaded.config;
+        let listeners = listener_settings(config, &mut diagnostics);
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|entry| {
+                parse_trusted_proxy(entry.get_ref())
+                    .map_err(|message| diagnostics.error(entry.span(), format!("server.trusted_proxies: {message}")))
+                    .ok()
+            })
+            .collect();
+        if let Some(admin) = &config.server.admin {
+            diagnostics.error(admin.span(), "server.admin: the admin API is not available in this build yet");
+        }
+        for (name, plugin) in &config.plugins {
+            diagnostics.error(
+                plugin.span(),
+                format!("plugins.{name}: WebAssembly plugins are not available in this build yet"),
+            );
+        }
+
+        let mut clients = ClientCache::default();
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            if let Some(built) = Upstream::build(name, upstream, &mut diagnostics, &mut clients) {
+                upstreams.insert(name.clone(), Arc::new(built));
+            }
+        }
+
+        let mut specs = Vec::new();
+        let mut spans = Vec::new();
+        for (index, route) in config.routes.iter().enumerate() {
+            if let Some(spec) = build_route(index, route.get_ref(), config, &upstreams, &mut diagnostics) {
+                specs.push(spec);
+                spans.push(route.get_ref().path.span());
+            }
+        }
+        let router = match Router::build(specs) {
+            Ok(router) => Some(router),
+            Err(errors) => {
+                for error in errors {
+                    diagnostics.error(spans[error.index].clone(), format!("routes: {}", error.message));
+                }
+                None
+            }
+        };
+        if config.routes.is_empty() {
+            diagnostics.error(0..0, "no [[routes]]: the gateway would answer every request with 404");
+        }
+        match (router, listeners) {
+            (Some(router), Some(listeners)) if !diagnostics.has_errors() => Ok(Snapshot {
+                router,
+                upstreams,
+                trusted_proxies,
+                max_body_bytes: config.server.max_body_bytes.bytes(),
+                listeners,
+            }),
+            _ => Err(ConfigErrors(diagnostics.into_errors())),
+        }
+    }
+
+    /// Starts background work (health checks) of everything in the snapshot.
+    pub fn start(&self) {
+        for upstream in self.upstreams.values() {
+            upstream.start();
+        }
+    }
+}
+
+fn parse_listen(list: &OneOrMany, key: &str, diagnostics: &mut Diagnostics) -> Vec<SocketAddr> {
+    let span = list.0.span();
+    if list.0.get_ref().is_empty() {
+        diagnostics.error(span.clone(), format!("{key}: needs at least one address"));
+    }
+    list.0
+        .get_ref()
+        .iter()
+        .filter_map(|addr| {
+            addr.parse::<SocketAddr>()
+                .map_err(|_| diagnostics.error(span.clone(), format!("{key}: `{addr}` is not an `ip:port` address")))
+                .ok()
+        })
+        .collect()
+}
+
+fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<ListenerSettings> {
+    let server = &config.server;
+    let listen = parse_listen(&server.listen, "server.listen", diagnostics);
+    let (tls_listen, tls) = match &server.tls {
+        Some(tls_config) => {
+            let addrs = parse_listen(&tls_config.listen, "server.tls.listen", diagnostics);
+            let source = diagnostics.source().clone();
+            let built = tls::server_config(
+                &source.resolve(tls_config.cert.get_ref()),
+                &source.resolve(tls_config.key.get_ref()),
+            )
+            .map_err(|message| diagnostics.error(tls_config.cert.span(), format!("server.tls: {message}")))
+            .ok();
+            (addrs, built)
+        }
+        None => (Vec::new(), None),
+    };
+    if server.max_header_bytes.bytes() < 1024 {
+        diagnostics.error(0..0, "server.max_header_bytes: must be at least 1KiB");
+    }
+    if server.max_connections == 0 {
+        diagnostics.error(0..0, "server.max_connections: must be at least 1");
+    }
+    if server.workers == Some(0) {
+        diagnostics.error(0..0, "server.workers: must be at least 1");
+    }
+    if server.tls.is_some() && tls.is_none() {
+        return None;
+    }
+    Some(ListenerSettings {
+        listen,
+        tls_listen,
+        tls,
+        max_header_bytes: server.max_header_bytes.as_usize(),
+        header_read_timeout: server.header_read_timeout.get(),
+        idle_timeout: server.idle_timeout.get(),
+        max_connections: server.max_connections,
+        workers: server.workers,
+        drain_timeout: server.drain_timeout.get(),
+    })
+}
+
+fn build_route(
+    index: usize,
+    route: &RouteConfig,
+    config: &Config,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    diagnostics: &mut Diagnostics,
+) -> Option<RouteSpec<Arc<Route>>> {
+    let errors_before = diagnostics.error_count();
+    let label = route.name.clone().unwrap_or_else(|| format!("#{}", index + 1));
+    let error = |diagnostics: &mut Diagnostics, span: std::ops::Range<usize>, message: String| {
+        diagnostics.error(span, format!("route {label}: {message}"));
+    };
+    let path = route.path.get_ref();
+
+    let lookup = |name: &Spanned<String>, diagnostics: &mut Diagnostics| -> Option<Arc<Upstream>> {
+        match upstreams.get(name.get_ref()) {
+            Some(upstream) => Some(upstream.clone()),
+            None => {
+                // An upstream that exists but failed to build has its own error already.
+                if !config.upstreams.contains_key(name.get_ref()) {
+                    let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+                    diagnostics.error(
+                        name.span(),
+                        format!("route {label}: unknown upstream `{}` (defined: {})", name.get_ref(), known.join(", ")),
+                    );
+                }
+                None
+            }
+        }
+    };
+    let backend = match (&route.upstream, &route.split) {
+        (Some(name), None) => lookup(name, diagnostics).map(Backend::Upstream),
+        (None, Some(split)) if !split.is_empty() => {
+            let mut members = Vec::new();
+            for member in split {
+                if *member.weight.get_ref() == 0 {
+                    error(diagnostics, member.weight.span(), "split weight must be at least 1".into());
+                }
+                if let Some(upstream) = lookup(&member.upstream, diagnostics) {
+                    members.push((upstream, *member.weight.get_ref()));
+                }
+            }
+            (members.len() == split.len()).then(|| Backend::Split {
+                turn: SmoothRoundRobin::new(members.len()),
+                members,
+            })
+        }
+        (None, Some(_)) => {
+            error(diagnostics, route.path.span(), "`split` is empty".into());
+            None
+        }
+        (Some(name), Some(_)) => {
+            error(diagnostics, name.span(), "give either `upstream` or `split`, not both".into());
+            None
+        }
+        (None, None) => {
+            error(diagnostics, route.path.span(), "needs `upstream` or `split`".into());
+            None
+        }
+    };
+
+    if let Some(host) = &route.host
+        && let Err(message) = router::check_host(host.get_ref())
+    {
+        error(diagnostics, host.span(), message);
+    }
+    let methods = route.methods.as_ref().map(|methods| {
+        methods
+            .iter()
+            .filter_map(|m| {
+                Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
+                    .map_err(|_| error(diagnostics, m.span(), format!("`{}` is not an HTTP method", m.get_ref())))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut headers = Vec::new();
+    for (name, value) in &route.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.get_ref())) {
+            (Ok(name), Ok(value)) => headers.push((name, value)),
+            (Err(_), _) => error(diagnostics, value.span(), format!("`{name}` is not a valid header name")),
+            (_, Err(_)) => error(diagnostics, value.span(), format!("`{}` is not a valid header value", value.get_ref())),
+        }
+    }
+    let rewrite = route.rewrite.as_ref().and_then(|template| {
+        RewriteTemplate::parse(template.get_ref(), &captured_params(path))
+            .map_err(|message| error(diagnostics, template.span(), message))
+            .ok()
+    });
+    let host_rewrite = route.host_rewrite.as_ref().and_then(|host| {
+        HeaderValue::from_str(host.get_ref())
+            .ok()
+            .filter(|_| !host.get_ref().is_empty())
+            .or_else(|| {
+                error(diagnostics, host.span(), format!("`{}` is not a valid host", host.get_ref()));
+                None
+            })
+    });
+    if let Some(limit) = &route.rate_limit {
+        error(diagnostics, limit.span(), "rate limiting is not available in this build yet".into());
+    }
+    for plugin in &route.plugins {
+        let name = plugin.get_ref().name.get_ref();
+        if !config.plugins.contains_key(name) {
+            error(diagnostics, plugin.get_ref().name.span(), format!("unknown plugin `{name}`"));
+        }
+    }
+    let backend = backend?;
+    if diagnostics.error_count() > errors_before {
+        return None;
+    }
+    Some(RouteSpec {
+        host: route.host.as_ref().map(|h| h.get_ref().clone()),
+        path: path.clone(),
+        predicates: Predicates { methods, headers },
+        value: Arc::new(Route {
+            name: Arc::from(label.as_str()),
+            backend,
+            rewrite,
+            host_rewrite,
+            timeout: route.timeout.map(|t| t.get()),
+        }),
+    })
+}

@@ -1,0 +1,118 @@
+//! Active health checks: each target of an upstream gets `GET path` every `interval`; after
+//! `unhealthy_threshold` failures in a row it stops receiving traffic, after `healthy_threshold`
+//! successes in a row it gets traffic again. Any status below 400 answered within `timeout`
+//! counts as a success.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Uri, header};
+use tracing::{info, warn};
+
+use super::Upstream;
+use crate::config::HealthCheckConfig;
+use crate::proxy::body::RequestBody;
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl HealthCheck {
+    pub fn from_config(config: &HealthCheckConfig) -> Result<Self, String> {
+        let path: PathAndQuery = config
+            .path
+            .get_ref()
+            .parse()
+            .map_err(|_| format!("health check path `{}` is not a valid path", config.path.get_ref()))?;
+        if !path.as_str().starts_with('/') {
+            return Err(format!("health check path `{}` must start with `/`", path));
+        }
+        Ok(HealthCheck {
+            path,
+            interval: config.interval.get().max(Duration::from_millis(10)),
+            timeout: config.timeout.get(),
+            unhealthy_threshold: config.unhealthy_threshold.max(1),
+            healthy_threshold: config.healthy_threshold.max(1),
+        })
+    }
+}
+
+/// Runs the checks of one upstream until the upstream is dropped (a reload that removes it, or
+/// shutdown).
+pub fn spawn(upstream: &Arc<Upstream>, check: HealthCheck) {
+    let weak = Arc::downgrade(upstream);
+    tokio::spawn(run(weak, check));
+}
+
+async fn run(weak: Weak<Upstream>, check: HealthCheck) {
+    // Consecutive results per target: positive = successes, negative = failures.
+    let mut streaks: Vec<i64> = Vec::new();
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(upstream) = weak.upgrade() else {
+            return;
+        };
+        streaks.resize(upstream.targets.len(), 0);
+        let probes = upstream.targets.iter().map(|target| probe(&upstream, target, &check));
+        let results = futures_util::future::join_all(probes).await;
+        for (i, ok) in results.into_iter().enumerate() {
+            let target = &upstream.targets[i];
+            streaks[i] = match (ok, streaks[i]) {
+                (Ok(()), s) if s > 0 => s + 1,
+                (Ok(()), _) => 1,
+                (Err(_), s) if s < 0 => s - 1,
+                (Err(_), _) => -1,
+            };
+            if target.is_healthy() && -streaks[i] >= i64::from(check.unhealthy_threshold) {
+                target.set_healthy(false);
+                let reason = results_reason(&streaks[i]);
+                warn!(upstream = %upstream.name, target = %target.addr, %reason, "health check: target is unhealthy");
+            } else if !target.is_healthy() && streaks[i] >= i64::from(check.healthy_threshold) {
+                target.set_healthy(true);
+                info!(upstream = %upstream.name, target = %target.addr, "health check: target is healthy again");
+            }
+        }
+    }
+}
+
+fn results_reason(streak: &i64) -> String {
+    format!("{} failed checks in a row", -streak)
+}
+
+async fn probe(upstream: &Upstream, target: &super::Target, check: &HealthCheck) -> Result<(), String> {
+    let scheme = if upstream.protocol.is_tls() { Scheme::HTTPS } else { Scheme::HTTP };
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(target.authority.clone())
+        .path_and_query(check.path.clone())
+        .build()
+        .map_err(|err| err.to_string())?;
+    let mut request = Request::new(RequestBody::empty());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    if upstream.protocol.is_http2() {
+        *request.version_mut() = http::Version::HTTP_2;
+    } else if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    request
+        .headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static("wasmgate-health-check"));
+    let response = tokio::time::timeout(check.timeout, upstream.client.request(request))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|err| err.to_string())?;
+    if response.status().as_u16() < 400 {
+        Ok(())
+    } else {
+        Err(format!("status {}", response.status()))
+    }
+}
