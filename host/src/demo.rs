@@ -115,7 +115,12 @@ fn describe(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let headers: serde_json::Map<String, serde_json::Value> = request
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "upstream": name,
@@ -124,9 +129,10 @@ fn describe(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         "headers": headers,
     });
     let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -136,10 +142,19 @@ mod tests {
 
     #[test]
     fn demo_config_is_valid() {
-        let text = demo_config("127.0.0.1:0", "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let text = demo_config(
+            "127.0.0.1:0",
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
         let loaded = config::load_str(Path::new("<demo>"), text).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let snapshot = runtime.block_on(async { crate::snapshot::Snapshot::build(&loaded) }).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let snapshot = runtime
+            .block_on(async { crate::snapshot::Snapshot::build(&loaded) })
+            .unwrap();
         assert_eq!(snapshot.router.len(), 3);
     }
 }

@@ -161,7 +161,11 @@ impl ProxyError {
 }
 
 /// A small JSON error response; used for every error the gateway itself answers.
-pub fn error_response<B: From<Bytes>>(status: StatusCode, code: &str, message: &str) -> Response<B> {
+pub fn error_response<B: From<Bytes>>(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<B> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     let mut response = Response::new(B::from(Bytes::from(body)));
     *response.status_mut() = status;
@@ -174,7 +178,13 @@ pub fn error_response<B: From<Bytes>>(status: StatusCode, code: &str, message: &
 
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({} side): {}", self.kind.code(), self.side.as_str(), self.message)?;
+        write!(
+            f,
+            "{} ({} side): {}",
+            self.kind.code(),
+            self.side.as_str(),
+            self.message
+        )?;
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;
             let mut next = source.source();
@@ -189,7 +199,9 @@ impl fmt::Display for ProxyError {
 
 impl StdError for ProxyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -218,9 +230,15 @@ mod tests {
         assert_eq!(connect.retry, RetrySafety::NothingSent);
         let reset = ProxyError::new(ErrorKind::UpstreamReset, "reset");
         assert_eq!(reset.retry, RetrySafety::MaybeProcessed);
-        assert_eq!(ProxyError::new(ErrorKind::UpstreamTimeout, "t").status(), 504);
+        assert_eq!(
+            ProxyError::new(ErrorKind::UpstreamTimeout, "t").status(),
+            504
+        );
         assert_eq!(ProxyError::new(ErrorKind::BodyTooLarge, "b").status(), 413);
-        assert_eq!(ProxyError::new(ErrorKind::NoHealthyTarget, "n").status(), 503);
+        assert_eq!(
+            ProxyError::new(ErrorKind::NoHealthyTarget, "n").status(),
+            503
+        );
         assert_eq!(ProxyError::new(ErrorKind::NoRoute, "n").side, Side::Gateway);
     }
 }

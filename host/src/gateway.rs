@@ -57,11 +57,13 @@ impl Gateway {
 
 /// Re-reads the config file and swaps in a new snapshot; on any error nothing changes.
 /// Requests in flight finish on the snapshot they started with. Listener changes need a restart.
-pub fn reload(path: &PathBuf, state: &ArcSwap<Snapshot>) -> Result<(), ConfigErrors> {
+pub fn reload(path: &std::path::Path, state: &ArcSwap<Snapshot>) -> Result<(), ConfigErrors> {
     let loaded = config::load_file(path).map_err(ConfigErrors)?;
     let snapshot = Snapshot::build(&loaded)?;
     let old = state.load();
-    if snapshot.listeners.listen != old.listeners.listen || snapshot.listeners.tls_listen != old.listeners.tls_listen {
+    if snapshot.listeners.listen != old.listeners.listen
+        || snapshot.listeners.tls_listen != old.listeners.tls_listen
+    {
         tracing::warn!("listen addresses changed: the new addresses take effect after a restart");
     }
     snapshot.start();

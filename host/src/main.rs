@@ -53,13 +53,16 @@ fn print_errors(errors: &ConfigErrors) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     let loaded = match config::load_file(path) {
         Ok(loaded) => loaded,
         Err(errors) => return print_errors(&ConfigErrors(errors)),
     };
     // Building clients needs no runtime, but keep one around for anything that spawns.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start runtime: {err}");

@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
-use crate::config::{Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, parse_trusted_proxy};
+use crate::config::{
+    Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, parse_trusted_proxy,
+};
 use crate::error::ConfigErrors;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
@@ -52,7 +54,10 @@ pub enum Backend {
     Upstream(Arc<Upstream>),
     /// Weighted split across upstreams (canary): smooth round robin over the weights, so a
     /// 90/10 split is exact over every 100 requests.
-    Split { members: Vec<(Arc<Upstream>, u32)>, turn: SmoothRoundRobin },
+    Split {
+        members: Vec<(Arc<Upstream>, u32)>,
+        turn: SmoothRoundRobin,
+    },
 }
 
 impl Backend {
@@ -81,12 +86,18 @@ impl Snapshot {
             .iter()
             .filter_map(|entry| {
                 parse_trusted_proxy(entry.get_ref())
-                    .map_err(|message| diagnostics.error(entry.span(), format!("server.trusted_proxies: {message}")))
+                    .map_err(|message| {
+                        diagnostics
+                            .error(entry.span(), format!("server.trusted_proxies: {message}"))
+                    })
                     .ok()
             })
             .collect();
         if let Some(admin) = &config.server.admin {
-            diagnostics.error(admin.span(), "server.admin: the admin API is not available in this build yet");
+            diagnostics.error(
+                admin.span(),
+                "server.admin: the admin API is not available in this build yet",
+            );
         }
         for (name, plugin) in &config.plugins {
             diagnostics.error(
@@ -106,7 +117,9 @@ impl Snapshot {
         let mut specs = Vec::new();
         let mut spans = Vec::new();
         for (index, route) in config.routes.iter().enumerate() {
-            if let Some(spec) = build_route(index, route.get_ref(), config, &upstreams, &mut diagnostics) {
+            if let Some(spec) =
+                build_route(index, route.get_ref(), config, &upstreams, &mut diagnostics)
+            {
                 specs.push(spec);
                 spans.push(route.get_ref().path.span());
             }
@@ -115,13 +128,19 @@ impl Snapshot {
             Ok(router) => Some(router),
             Err(errors) => {
                 for error in errors {
-                    diagnostics.error(spans[error.index].clone(), format!("routes: {}", error.message));
+                    diagnostics.error(
+                        spans[error.index].clone(),
+                        format!("routes: {}", error.message),
+                    );
                 }
                 None
             }
         };
         if config.routes.is_empty() {
-            diagnostics.error(0..0, "no [[routes]]: the gateway would answer every request with 404");
+            diagnostics.error(
+                0..0,
+                "no [[routes]]: the gateway would answer every request with 404",
+            );
         }
         match (router, listeners) {
             (Some(router), Some(listeners)) if !diagnostics.has_errors() => Ok(Snapshot {
@@ -153,7 +172,12 @@ fn parse_listen(list: &OneOrMany, key: &str, diagnostics: &mut Diagnostics) -> V
         .iter()
         .filter_map(|addr| {
             addr.parse::<SocketAddr>()
-                .map_err(|_| diagnostics.error(span.clone(), format!("{key}: `{addr}` is not an `ip:port` address")))
+                .map_err(|_| {
+                    diagnostics.error(
+                        span.clone(),
+                        format!("{key}: `{addr}` is not an `ip:port` address"),
+                    )
+                })
                 .ok()
         })
         .collect()
@@ -170,7 +194,9 @@ fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<L
                 &source.resolve(tls_config.cert.get_ref()),
                 &source.resolve(tls_config.key.get_ref()),
             )
-            .map_err(|message| diagnostics.error(tls_config.cert.span(), format!("server.tls: {message}")))
+            .map_err(|message| {
+                diagnostics.error(tls_config.cert.span(), format!("server.tls: {message}"))
+            })
             .ok();
             (addrs, built)
         }
@@ -209,7 +235,10 @@ fn build_route(
     diagnostics: &mut Diagnostics,
 ) -> Option<RouteSpec<Arc<Route>>> {
     let errors_before = diagnostics.error_count();
-    let label = route.name.clone().unwrap_or_else(|| format!("#{}", index + 1));
+    let label = route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("#{}", index + 1));
     let error = |diagnostics: &mut Diagnostics, span: std::ops::Range<usize>, message: String| {
         diagnostics.error(span, format!("route {label}: {message}"));
     };
@@ -224,7 +253,11 @@ fn build_route(
                     let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
                     diagnostics.error(
                         name.span(),
-                        format!("route {label}: unknown upstream `{}` (defined: {})", name.get_ref(), known.join(", ")),
+                        format!(
+                            "route {label}: unknown upstream `{}` (defined: {})",
+                            name.get_ref(),
+                            known.join(", ")
+                        ),
                     );
                 }
                 None
@@ -237,7 +270,11 @@ fn build_route(
             let mut members = Vec::new();
             for member in split {
                 if *member.weight.get_ref() == 0 {
-                    error(diagnostics, member.weight.span(), "split weight must be at least 1".into());
+                    error(
+                        diagnostics,
+                        member.weight.span(),
+                        "split weight must be at least 1".into(),
+                    );
                 }
                 if let Some(upstream) = lookup(&member.upstream, diagnostics) {
                     members.push((upstream, *member.weight.get_ref()));
@@ -253,11 +290,19 @@ fn build_route(
             None
         }
         (Some(name), Some(_)) => {
-            error(diagnostics, name.span(), "give either `upstream` or `split`, not both".into());
+            error(
+                diagnostics,
+                name.span(),
+                "give either `upstream` or `split`, not both".into(),
+            );
             None
         }
         (None, None) => {
-            error(diagnostics, route.path.span(), "needs `upstream` or `split`".into());
+            error(
+                diagnostics,
+                route.path.span(),
+                "needs `upstream` or `split`".into(),
+            );
             None
         }
     };
@@ -272,17 +317,34 @@ fn build_route(
             .iter()
             .filter_map(|m| {
                 Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
-                    .map_err(|_| error(diagnostics, m.span(), format!("`{}` is not an HTTP method", m.get_ref())))
+                    .map_err(|_| {
+                        error(
+                            diagnostics,
+                            m.span(),
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                        )
+                    })
                     .ok()
             })
             .collect::<Vec<_>>()
     });
     let mut headers = Vec::new();
     for (name, value) in &route.headers {
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.get_ref())) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value.get_ref()),
+        ) {
             (Ok(name), Ok(value)) => headers.push((name, value)),
-            (Err(_), _) => error(diagnostics, value.span(), format!("`{name}` is not a valid header name")),
-            (_, Err(_)) => error(diagnostics, value.span(), format!("`{}` is not a valid header value", value.get_ref())),
+            (Err(_), _) => error(
+                diagnostics,
+                value.span(),
+                format!("`{name}` is not a valid header name"),
+            ),
+            (_, Err(_)) => error(
+                diagnostics,
+                value.span(),
+                format!("`{}` is not a valid header value", value.get_ref()),
+            ),
         }
     }
     let rewrite = route.rewrite.as_ref().and_then(|template| {
@@ -295,17 +357,29 @@ fn build_route(
             .ok()
             .filter(|_| !host.get_ref().is_empty())
             .or_else(|| {
-                error(diagnostics, host.span(), format!("`{}` is not a valid host", host.get_ref()));
+                error(
+                    diagnostics,
+                    host.span(),
+                    format!("`{}` is not a valid host", host.get_ref()),
+                );
                 None
             })
     });
     if let Some(limit) = &route.rate_limit {
-        error(diagnostics, limit.span(), "rate limiting is not available in this build yet".into());
+        error(
+            diagnostics,
+            limit.span(),
+            "rate limiting is not available in this build yet".into(),
+        );
     }
     for plugin in &route.plugins {
         let name = plugin.get_ref().name.get_ref();
         if !config.plugins.contains_key(name) {
-            error(diagnostics, plugin.get_ref().name.span(), format!("unknown plugin `{name}`"));
+            error(
+                diagnostics,
+                plugin.get_ref().name.span(),
+                format!("unknown plugin `{name}`"),
+            );
         }
     }
     let backend = backend?;

@@ -32,8 +32,13 @@ pub fn init() -> WorkerGuard {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(filter)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() != ACCESS_TARGET));
-    let _ = tracing_subscriber::registry().with(access).with(diagnostics).try_init();
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() != ACCESS_TARGET
+        }));
+    let _ = tracing_subscriber::registry()
+        .with(access)
+        .with(diagnostics)
+        .try_init();
     guard
 }
 

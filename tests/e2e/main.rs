@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `wasmgate` binary, real sockets, in-process hyper upstreams that
+//! can be told to fail, hang, reset or die.
 
+mod support;
+
+mod balancing;
+mod cli;
+mod forwarding;
+mod limits;
+mod resilience;
+mod tls;
+mod upgrade;

@@ -56,7 +56,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -193,7 +195,10 @@ mod tests {
         let errs = errors(
             "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\" }]\nconnect_timeout = \"5 parsecs\"\n",
         );
-        assert!(errs[0].starts_with("gw.toml:5:19: upstreams.a.connect_timeout"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("gw.toml:5:19: upstreams.a.connect_timeout"),
+            "{errs:?}"
+        );
         assert!(errs[0].contains("unknown duration unit"), "{errs:?}");
     }
 

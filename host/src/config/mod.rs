@@ -58,7 +58,10 @@ impl<'de> Deserialize<'de> for StringList {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StringList, E> {
                 Ok(StringList(vec![v.to_owned()]))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StringList, A::Error> {
                 let mut items = Vec::new();
                 while let Some(item) = seq.next_element::<String>()? {
                     items.push(item);

@@ -153,7 +153,11 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(StdDuration::from_secs(60)));
         assert_eq!(parse_duration("1.5s"), Ok(StdDuration::from_millis(1500)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown duration unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
         assert!(parse_duration("ms").is_err());
     }
 

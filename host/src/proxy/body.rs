@@ -66,7 +66,11 @@ pub struct LimitedIncoming {
 
 impl LimitedIncoming {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        LimitedIncoming { inner, seen: 0, limit }
+        LimitedIncoming {
+            inner,
+            seen: 0,
+            limit,
+        }
     }
 }
 
@@ -74,14 +78,19 @@ impl Body for LimitedIncoming {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -156,7 +165,7 @@ impl ReplayBody {
             generation: state.generation,
             position: 0,
             trailers_sent: false,
-            hint: self.hint.clone(),
+            hint: self.hint,
         })
     }
 }
@@ -172,7 +181,10 @@ impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut state = this.state.lock();
         if state.generation != this.generation {
@@ -184,7 +196,9 @@ impl Body for ReplayBody {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(source) = state.source.as_mut() else {
-            if !this.trailers_sent && let Some(trailers) = state.trailers.clone() {
+            if !this.trailers_sent
+                && let Some(trailers) = state.trailers.clone()
+            {
                 this.trailers_sent = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
@@ -221,7 +235,7 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -242,7 +256,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
@@ -333,10 +350,15 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            ResponseInner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BoxError::from)),
+            ResponseInner::Upstream(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BoxError::from))
+            }
             ResponseInner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         match &polled {
@@ -361,7 +383,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ResponseInner::Upstream(body) => body.size_hint(),
-            ResponseInner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseInner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

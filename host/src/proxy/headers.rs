@@ -92,7 +92,13 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// Sets `X-Forwarded-For/Proto/Host`. From a trusted proxy the existing values are kept and the
 /// peer is appended; from anyone else they are replaced, so clients cannot forge them.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let peer_text = peer.to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         Some(existing) if peer_trusted => {
@@ -160,7 +166,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
@@ -179,7 +188,11 @@ mod tests {
         strip_hop_by_hop(&mut h, false, true);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
-        let mut h = headers(&[("te", "trailers"), ("connection", "upgrade"), ("upgrade", "websocket")]);
+        let mut h = headers(&[
+            ("te", "trailers"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         strip_hop_by_hop(&mut h, true, true);
         assert!(h.contains_key("te") && h.contains_key("upgrade") && h.contains_key("connection"));
     }
@@ -190,19 +203,34 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.1.1.1")]);
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
         let stranger: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
         assert_eq!(client_ip(proxy, &h, &[]), proxy);
     }
 
     #[test]
     fn forwarded_headers_are_replaced_for_strangers() {
-        let mut h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
-        set_forwarded(&mut h, "8.8.8.8".parse().unwrap(), false, "http", Some(&HeaderValue::from_static("a.com")));
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "8.8.8.8".parse().unwrap(),
+            false,
+            "http",
+            Some(&HeaderValue::from_static("a.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
-        let mut h = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https")]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");

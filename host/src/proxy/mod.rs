@@ -26,30 +26,51 @@ use crate::upstream::Upstream;
 use body::{BodyTooLarge, ClientBodyError, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
-pub async fn serve(snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>, mut request: Request<Incoming>) -> Response<ResponseBody> {
-    let client_ip = headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
+/// `framing_error` is the connection's verdict on this request's HTTP/1 framing (see
+/// `server::framing`): such a request is refused before anything else.
+pub async fn serve(
+    snapshot: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    mut request: Request<Incoming>,
+    framing_error: Option<&'static str>,
+) -> Response<ResponseBody> {
+    let client_ip =
+        headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
     let request_id = headers::ensure_request_id(request.headers_mut());
     let mut record = AccessRecord::new(client_ip, &request, request_id.clone());
-    let mut response = match proxy(&snapshot, &conn, request, &mut record).await {
+    let result = match framing_error {
+        Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
+        None => proxy(&snapshot, &conn, request, &mut record).await,
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             // Bad requests and unknown paths are the client's business; the rest is ours.
             match error.kind {
-                ErrorKind::BadRequest | ErrorKind::BodyTooLarge | ErrorKind::ClientBody | ErrorKind::NoRoute => {
+                ErrorKind::BadRequest
+                | ErrorKind::BodyTooLarge
+                | ErrorKind::ClientBody
+                | ErrorKind::NoRoute => {
                     tracing::debug!(request_id = ?request_id, "{error}")
                 }
-                _ => tracing::warn!(request_id = ?request_id, route = record.route.as_deref().unwrap_or("-"), "{error}"),
+                _ => {
+                    tracing::warn!(request_id = ?request_id, route = record.route.as_deref().unwrap_or("-"), "{error}")
+                }
             }
             record.error = Some(error.kind.code());
             let mut response: Response<ResponseBody> = error.to_response();
             if error.kind == ErrorKind::BadRequest {
                 // The framing of this connection cannot be trusted any more.
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             response
         }
     };
-    response.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id);
     record.status = response.status().as_u16();
     response.body_mut().set_on_end(Box::new(record));
     response
@@ -65,21 +86,40 @@ async fn proxy(
     let (route, rewritten_path) = find_route(snapshot, &request)?;
     record.route = Some(route.name.clone());
     let upstream = route.backend.choose().clone();
-    let client_upgrade = upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade =
+        upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    prepare_upstream_request(&mut parts, conn, &snapshot.trusted_proxies, &route, &upstream, rewritten_path, client_upgrade.is_some())?;
+    prepare_upstream_request(
+        &mut parts,
+        conn,
+        &snapshot.trusted_proxies,
+        &route,
+        &upstream,
+        rewritten_path,
+        client_upgrade.is_some(),
+    )?;
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
-        let cap = if upstream.retry.may_replay(&parts.method) { upstream.retry.max_replay_body } else { 0 };
-        RequestBody::Replay(ReplayBody::new(LimitedIncoming::new(body, snapshot.max_body_bytes), cap))
+        let cap = if upstream.retry.may_replay(&parts.method) {
+            upstream.retry.max_replay_body
+        } else {
+            0
+        };
+        RequestBody::Replay(ReplayBody::new(
+            LimitedIncoming::new(body, snapshot.max_body_bytes),
+            cap,
+        ))
     };
     let timeout = route.timeout.unwrap_or(upstream.timeout);
     let mut response = forward(&upstream, parts, body, timeout, record).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
             Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response)),
-            None => Err(ProxyError::new(ErrorKind::UpstreamProtocol, "upstream switched protocols without being asked")),
+            None => Err(ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                "upstream switched protocols without being asked",
+            )),
         };
     }
     headers::strip_hop_by_hop(response.headers_mut(), false, false);
@@ -93,10 +133,16 @@ fn check_framing(request: &Request<Incoming>, max_body_bytes: u64) -> Result<(),
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let first_length = lengths.next();
     if lengths.next().is_some() {
-        return Err(ProxyError::new(ErrorKind::BadRequest, "more than one Content-Length header"));
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "more than one Content-Length header",
+        ));
     }
     if first_length.is_some() && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::new(ErrorKind::BadRequest, "both Content-Length and Transfer-Encoding"));
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if let Some(length) = first_length {
         let length: u64 = length
@@ -134,14 +180,21 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn find_route(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(Arc<Route>, Option<String>), ProxyError> {
+fn find_route(
+    snapshot: &Snapshot,
+    request: &Request<Incoming>,
+) -> Result<(Arc<Route>, Option<String>), ProxyError> {
     let host = request_host(request);
     let path = request.uri().path();
     let found = snapshot
         .router
         .find(host, request.method(), path, request.headers())
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route matches this request"))?;
-    let rewritten = found.value.rewrite.as_ref().map(|template| template.render(&found.params));
+    let rewritten = found
+        .value
+        .rewrite
+        .as_ref()
+        .map(|template| template.render(&found.params));
     Ok((found.value.clone(), rewritten))
 }
 
@@ -161,7 +214,10 @@ fn prepare_upstream_request(
     // HTTP/2 clients name the host in :authority; HTTP/1.1 upstreams need it in Host.
     let original_host = match parts.headers.get(header::HOST) {
         Some(host) => Some(host.clone()),
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let peer = conn.peer.ip();
     let peer_trusted = headers::is_trusted(peer, trusted_proxies);
@@ -182,19 +238,31 @@ fn prepare_upstream_request(
         (None, None) => {}
     }
     let path_and_query = match rewritten_path {
-        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         Some(path) => {
             let full = match parts.uri.query() {
                 Some(query) => format!("{path}?{query}"),
                 None => path,
             };
-            PathAndQuery::try_from(full)
-                .map_err(|_| ProxyError::new(ErrorKind::BadRequest, "rewritten path is not a valid URI path"))?
+            PathAndQuery::try_from(full).map_err(|_| {
+                ProxyError::new(
+                    ErrorKind::BadRequest,
+                    "rewritten path is not a valid URI path",
+                )
+            })?
         }
     };
     // The authority is filled in per attempt, once a target is chosen.
     parts.uri = Uri::from(path_and_query);
-    parts.version = if http2_upstream { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if http2_upstream {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     Ok(())
 }
 
@@ -215,10 +283,17 @@ async fn forward(
         other => (Some(other), None),
     };
     let mut tried: Vec<usize> = Vec::new();
-    let scheme = if upstream.protocol.is_tls() { Scheme::HTTPS } else { Scheme::HTTP };
+    let scheme = if upstream.protocol.is_tls() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
     loop {
         let Some(index) = upstream.pick(&parts.headers, &tried) else {
-            return Err(ProxyError::new(ErrorKind::NoHealthyTarget, format!("upstream `{}` has no available target", upstream.name)));
+            return Err(ProxyError::new(
+                ErrorKind::NoHealthyTarget,
+                format!("upstream `{}` has no available target", upstream.name),
+            ));
         };
         let target = upstream.targets[index].clone();
         tried.push(index);
@@ -228,7 +303,12 @@ async fn forward(
             (_, Some(body)) => body,
             (Some(source), None) => match source.replay() {
                 Some(replay) => RequestBody::Replay(replay),
-                None => return Err(ProxyError::new(ErrorKind::Internal, "request body cannot be replayed")),
+                None => {
+                    return Err(ProxyError::new(
+                        ErrorKind::Internal,
+                        "request body cannot be replayed",
+                    ));
+                }
             },
             (None, None) => RequestBody::Empty,
         };
@@ -236,17 +316,25 @@ async fn forward(
         let mut uri_parts = parts.uri.clone().into_parts();
         uri_parts.scheme = Some(scheme.clone());
         uri_parts.authority = Some(target.authority.clone());
-        *request.uri_mut() = Uri::from_parts(uri_parts).map_err(|err| ProxyError::new(ErrorKind::Internal, "cannot build upstream URI").with_source(err))?;
+        *request.uri_mut() = Uri::from_parts(uri_parts).map_err(|err| {
+            ProxyError::new(ErrorKind::Internal, "cannot build upstream URI").with_source(err)
+        })?;
 
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let per_try = policy.per_try_timeout.map_or(remaining, |t| t.min(remaining));
+        let per_try = policy
+            .per_try_timeout
+            .map_or(remaining, |t| t.min(remaining));
         let in_flight = target.start_request();
         let outcome = match tokio::time::timeout(per_try, upstream.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify_client_error(err, &target.addr)),
             Err(_) => Err(ProxyError::new(
                 ErrorKind::UpstreamTimeout,
-                format!("no response from {} within {}ms", target.addr, per_try.as_millis()),
+                format!(
+                    "no response from {} within {}ms",
+                    target.addr,
+                    per_try.as_millis()
+                ),
             )),
         };
         drop(in_flight);
@@ -264,7 +352,9 @@ async fn forward(
         };
         let retry = retries_done < policy.attempts
             && match &outcome {
-                Ok(response) => policy.retries_status(response.status(), &parts.method, body_replayable),
+                Ok(response) => {
+                    policy.retries_status(response.status(), &parts.method, body_replayable)
+                }
                 Err(error) => policy.retries_error(error, &parts.method, body_replayable),
             }
             && policy.take_budget(outcome.as_ref().err());
@@ -287,14 +377,24 @@ fn classify_client_error(err: hyper_util::client::legacy::Error, target: &str) -
         return ProxyError::new(ErrorKind::BodyTooLarge, message);
     }
     if find_in_chain::<ClientBodyError>(&err).is_some() {
-        return ProxyError::new(ErrorKind::ClientBody, "the client's request body failed").with_source(err);
+        return ProxyError::new(ErrorKind::ClientBody, "the client's request body failed")
+            .with_source(err);
     }
     if err.is_connect() {
-        let timed_out = find_in_chain::<std::io::Error>(&err).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        let kind = if timed_out { ErrorKind::ConnectTimeout } else { ErrorKind::ConnectFailed };
+        let timed_out = find_in_chain::<std::io::Error>(&err)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        let kind = if timed_out {
+            ErrorKind::ConnectTimeout
+        } else {
+            ErrorKind::ConnectFailed
+        };
         return ProxyError::new(kind, format!("cannot connect to {target}")).with_source(err);
     }
     let parse_error = find_in_chain::<hyper::Error>(&err).is_some_and(hyper::Error::is_parse);
-    let kind = if parse_error { ErrorKind::UpstreamProtocol } else { ErrorKind::UpstreamReset };
+    let kind = if parse_error {
+        ErrorKind::UpstreamProtocol
+    } else {
+        ErrorKind::UpstreamReset
+    };
     ProxyError::new(kind, format!("exchange with {target} failed")).with_source(err)
 }

@@ -35,7 +35,11 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The policy of an upstream; without a `retry` table only connect failures are retried
     /// (once), because that is always safe.
-    pub fn from_config(config: Option<&RetryConfig>, diagnostics: &mut Diagnostics, upstream: &str) -> Option<Self> {
+    pub fn from_config(
+        config: Option<&RetryConfig>,
+        diagnostics: &mut Diagnostics,
+        upstream: &str,
+    ) -> Option<Self> {
         let Some(config) = config else {
             return Some(RetryPolicy {
                 attempts: 1,
@@ -64,10 +68,16 @@ impl RetryPolicy {
             budget: RetryBudget::new(config.budget),
         };
         if config.attempts > 10 {
-            diagnostics.error(0..0, format!("upstreams.{upstream}.retry.attempts: at most 10 retries"));
+            diagnostics.error(
+                0..0,
+                format!("upstreams.{upstream}.retry.attempts: at most 10 retries"),
+            );
         }
         if !(0.0..=1.0).contains(&config.budget) {
-            diagnostics.error(0..0, format!("upstreams.{upstream}.retry.budget: must be between 0.0 and 1.0"));
+            diagnostics.error(
+                0..0,
+                format!("upstreams.{upstream}.retry.budget: must be between 0.0 and 1.0"),
+            );
         }
         for condition in &config.on {
             match condition.get_ref().as_str() {
@@ -91,7 +101,10 @@ impl RetryPolicy {
         for method in &config.methods {
             match Method::from_bytes(method.get_ref().as_bytes()) {
                 Ok(m) => policy.methods.push(m),
-                Err(_) => diagnostics.error(method.span(), format!("`{}` is not an HTTP method", method.get_ref())),
+                Err(_) => diagnostics.error(
+                    method.span(),
+                    format!("`{}` is not an HTTP method", method.get_ref()),
+                ),
             }
         }
         (diagnostics.error_count() == errors_before).then_some(policy)
@@ -103,7 +116,12 @@ impl RetryPolicy {
     }
 
     /// Whether to try again after `error`, given what was sent and whether the body can be replayed.
-    pub fn retries_error(&self, error: &ProxyError, method: &Method, body_replayable: bool) -> bool {
+    pub fn retries_error(
+        &self,
+        error: &ProxyError,
+        method: &Method,
+        body_replayable: bool,
+    ) -> bool {
         match error.retry {
             RetrySafety::Never => false,
             RetrySafety::NothingSent => self.on_connect_failure && body_replayable,
@@ -119,7 +137,12 @@ impl RetryPolicy {
     }
 
     /// Whether to try again after the upstream answered with `status`.
-    pub fn retries_status(&self, status: StatusCode, method: &Method, body_replayable: bool) -> bool {
+    pub fn retries_status(
+        &self,
+        status: StatusCode,
+        method: &Method,
+        body_replayable: bool,
+    ) -> bool {
         self.on_status.contains(&status) && body_replayable && self.methods.contains(method)
     }
 
@@ -178,9 +201,12 @@ impl RetryBudget {
 
     fn deposit(&self) {
         if self.ratio_milli > 0 {
-            let before = self.balance_milli.fetch_add(self.ratio_milli, Ordering::Relaxed);
+            let before = self
+                .balance_milli
+                .fetch_add(self.ratio_milli, Ordering::Relaxed);
             if before + self.ratio_milli > self.cap_milli() {
-                self.balance_milli.fetch_min(self.cap_milli(), Ordering::Relaxed);
+                self.balance_milli
+                    .fetch_min(self.cap_milli(), Ordering::Relaxed);
             }
         }
     }
@@ -192,20 +218,29 @@ impl RetryBudget {
         if seconds > 0
             && self
                 .last_refill_ms
-                .compare_exchange(last, last + seconds as u64 * 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    last,
+                    last + seconds as u64 * 1000,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             let reserve = RESERVE_RETRIES * 1000;
-            let _ = self.balance_milli.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b < reserve).then(|| (b + seconds * 1000).min(reserve))
-            });
+            let _ = self
+                .balance_milli
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    (b < reserve).then(|| (b + seconds * 1000).min(reserve))
+                });
         }
     }
 
     fn withdraw(&self) -> bool {
         self.refill();
         self.balance_milli
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b >= 1000).then_some(b - 1000))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= 1000).then_some(b - 1000)
+            })
             .is_ok()
     }
 }

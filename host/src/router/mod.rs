@@ -202,9 +202,12 @@ impl<T> Pattern<T> {
     }
 }
 
+/// A route waiting to be placed: its index in the input, predicates and value.
+type PendingRoute<T> = (usize, Predicates, T);
+
 struct TableBuilder<T> {
-    /// pattern text -> (first input index, routes with input indexes)
-    patterns: Vec<(String, Vec<(usize, Predicates, T)>)>,
+    /// Pattern texts in first-seen order, each with its routes.
+    patterns: Vec<(String, Vec<PendingRoute<T>>)>,
     by_text: HashMap<String, usize>,
 }
 
@@ -242,13 +245,28 @@ impl<T> TableBuilder<T> {
             // Cannot fail: the same pattern was just accepted by `matcher`.
             let _ = alone.insert(text.as_str(), ());
             // Most predicates first; the sort is stable, so file order breaks ties.
-            routes.sort_by(|a, b| b.1.specificity().cmp(&a.1.specificity()));
+            routes.sort_by_key(|route| std::cmp::Reverse(route.1.specificity()));
             patterns.push(Pattern {
                 text,
                 alone,
                 routes: routes.into_iter().map(|(_, p, v)| (p, v)).collect(),
                 fallbacks: Vec::new(),
             });
+        }
+        // `/api/{*rest}` also takes `/api/` (matchit's catch-all needs at least one character,
+        // but users expect `/{*rest}` to cover `/`), unless a route claims that path itself.
+        let aliases: Vec<(usize, String)> = patterns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, pattern)| {
+                let prefix = catch_all_prefix(&pattern.text)?;
+                (!patterns.iter().any(|p| p.text == prefix)).then(|| (index, prefix.to_owned()))
+            })
+            .collect();
+        for (index, prefix) in aliases {
+            if matcher.insert(prefix.as_str(), index).is_ok() {
+                let _ = patterns[index].alone.insert(prefix, ());
+            }
         }
         let fallbacks: Vec<Vec<usize>> = (0..patterns.len())
             .map(|i| fallback_order(&patterns, i))
@@ -283,6 +301,12 @@ fn fallback_order<T>(patterns: &[Pattern<T>], i: usize) -> Vec<usize> {
     found
 }
 
+/// `/api/` for `/api/{*rest}`.
+fn catch_all_prefix(pattern: &str) -> Option<&str> {
+    let start = pattern.rfind("{*")?;
+    (pattern.ends_with('}') && pattern[..start].ends_with('/')).then(|| &pattern[..start])
+}
+
 fn static_prefix(pattern: &str) -> &str {
     pattern.find('{').map_or(pattern, |i| &pattern[..i])
 }
@@ -299,9 +323,12 @@ pub fn check_host(host: &str) -> Result<(), String> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if valid && !name.contains('*') {
         Ok(())
     } else {
@@ -315,7 +342,12 @@ pub fn check_host(host: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn spec(host: Option<&str>, path: &str, methods: Option<&[Method]>, value: &'static str) -> RouteSpec<&'static str> {
+    fn spec(
+        host: Option<&str>,
+        path: &str,
+        methods: Option<&[Method]>,
+        value: &'static str,
+    ) -> RouteSpec<&'static str> {
         RouteSpec {
             host: host.map(str::to_owned),
             path: path.to_owned(),
@@ -327,7 +359,12 @@ mod tests {
         }
     }
 
-    fn find(router: &Router<&'static str>, host: &str, method: Method, path: &str) -> Option<&'static str> {
+    fn find(
+        router: &Router<&'static str>,
+        host: &str,
+        method: Method,
+        path: &str,
+    ) -> Option<&'static str> {
         router
             .find(Some(host), &method, path, &HeaderMap::new())
             .map(|m| *m.value)
@@ -337,44 +374,92 @@ mod tests {
     fn host_then_path_then_method() {
         let router = Router::build(vec![
             spec(None, "/api/{*rest}", None, "any-api"),
-            spec(Some("api.example.com"), "/api/users", Some(&[Method::GET]), "exact-users-get"),
+            spec(
+                Some("api.example.com"),
+                "/api/users",
+                Some(&[Method::GET]),
+                "exact-users-get",
+            ),
             spec(Some("*.example.com"), "/api/{*rest}", None, "wild-api"),
             spec(None, "/api/users", Some(&[Method::GET]), "users-get"),
         ])
         .unwrap();
-        assert_eq!(find(&router, "api.example.com", Method::GET, "/api/users"), Some("exact-users-get"));
-        assert_eq!(find(&router, "API.example.com", Method::GET, "/api/users"), Some("exact-users-get"));
+        assert_eq!(
+            find(&router, "api.example.com", Method::GET, "/api/users"),
+            Some("exact-users-get")
+        );
+        assert_eq!(
+            find(&router, "API.example.com", Method::GET, "/api/users"),
+            Some("exact-users-get")
+        );
         // The exact host's GET-only route does not take a POST; the wildcard host does.
-        assert_eq!(find(&router, "api.example.com", Method::POST, "/api/users"), Some("wild-api"));
-        assert_eq!(find(&router, "x.y.example.com", Method::GET, "/api/x"), Some("wild-api"));
-        assert_eq!(find(&router, "example.com", Method::GET, "/api/users"), Some("users-get"));
+        assert_eq!(
+            find(&router, "api.example.com", Method::POST, "/api/users"),
+            Some("wild-api")
+        );
+        assert_eq!(
+            find(&router, "x.y.example.com", Method::GET, "/api/x"),
+            Some("wild-api")
+        );
+        assert_eq!(
+            find(&router, "example.com", Method::GET, "/api/users"),
+            Some("users-get")
+        );
         // Method mismatch on the static pattern falls back to the catch-all.
-        assert_eq!(find(&router, "other.org", Method::POST, "/api/users"), Some("any-api"));
+        assert_eq!(
+            find(&router, "other.org", Method::POST, "/api/users"),
+            Some("any-api")
+        );
         assert_eq!(find(&router, "other.org", Method::GET, "/nothing"), None);
+        // A catch-all also takes its bare prefix.
+        assert_eq!(
+            find(&router, "other.org", Method::GET, "/api/"),
+            Some("any-api")
+        );
     }
 
     #[test]
     fn header_predicates_win_over_plain_routes() {
         let mut canary = spec(None, "/svc", None, "canary");
-        canary.predicates.headers = vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))];
+        canary.predicates.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("1"),
+        )];
         let router = Router::build(vec![spec(None, "/svc", None, "stable"), canary]).unwrap();
         let mut headers = HeaderMap::new();
-        assert_eq!(router.find(None, &Method::GET, "/svc", &headers).map(|m| *m.value), Some("stable"));
+        assert_eq!(
+            router
+                .find(None, &Method::GET, "/svc", &headers)
+                .map(|m| *m.value),
+            Some("stable")
+        );
         headers.insert("x-canary", HeaderValue::from_static("1"));
-        assert_eq!(router.find(None, &Method::GET, "/svc", &headers).map(|m| *m.value), Some("canary"));
+        assert_eq!(
+            router
+                .find(None, &Method::GET, "/svc", &headers)
+                .map(|m| *m.value),
+            Some("canary")
+        );
     }
 
     #[test]
     fn first_in_file_wins_ties() {
-        let router = Router::build(vec![spec(None, "/a", None, "first"), spec(None, "/a", None, "second")]).unwrap();
+        let router = Router::build(vec![
+            spec(None, "/a", None, "first"),
+            spec(None, "/a", None, "second"),
+        ])
+        .unwrap();
         assert_eq!(find(&router, "h", Method::GET, "/a"), Some("first"));
     }
 
     #[test]
     fn conflicting_patterns_are_errors() {
-        let errors = Router::build(vec![spec(None, "/u/{id}", None, "a"), spec(None, "/u/{name}", None, "b")])
-            .err()
-            .unwrap();
+        let errors = Router::build(vec![
+            spec(None, "/u/{id}", None, "a"),
+            spec(None, "/u/{name}", None, "b"),
+        ])
+        .err()
+        .unwrap();
         assert_eq!(errors[0].index, 1);
         assert!(Router::build(vec![spec(None, "nope", None, "a")]).is_err());
     }

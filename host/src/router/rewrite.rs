@@ -108,9 +108,15 @@ mod tests {
 
     #[test]
     fn renders_captures() {
-        assert_eq!(render("/user/v1/{*rest}", "/{rest}", "/user/v1/a/b"), "/a/b");
+        assert_eq!(
+            render("/user/v1/{*rest}", "/{rest}", "/user/v1/a/b"),
+            "/a/b"
+        );
         assert_eq!(render("/u/{id}/x", "/users/{id}", "/u/42/x"), "/users/42");
-        assert_eq!(render("/api/{*rest}", "/v2/{rest}", "/api/items"), "/v2/items");
+        assert_eq!(
+            render("/api/{*rest}", "/v2/{rest}", "/api/items"),
+            "/v2/items"
+        );
     }
 
     #[test]

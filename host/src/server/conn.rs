@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::ConnInfo;
+use super::framing::FramingGuard;
 use crate::snapshot::Snapshot;
 use crate::upstream::clock_ms;
 
@@ -26,6 +27,8 @@ use crate::upstream::clock_ms;
 struct Activity {
     last_ms: AtomicU64,
     request_seen: AtomicBool,
+    /// Request-smuggling verdicts from the bytes read (HTTP/1 only).
+    framing: parking_lot::Mutex<FramingGuard>,
 }
 
 pub struct ConnLimits {
@@ -47,6 +50,7 @@ pub async fn serve<I>(
     let activity = Arc::new(Activity {
         last_ms: AtomicU64::new(accepted_ms),
         request_seen: AtomicBool::new(false),
+        framing: parking_lot::Mutex::new(FramingGuard::default()),
     });
     let io = ActivityIo {
         inner: io,
@@ -57,10 +61,17 @@ pub async fn serve<I>(
         if !seen.request_seen.load(Ordering::Relaxed) {
             seen.request_seen.store(true, Ordering::Relaxed);
         }
+        let framing_error = if request.version() < http::Version::HTTP_2 {
+            seen.framing.lock().next_verdict()
+        } else {
+            None
+        };
         // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
         let snapshot = state.load_full();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::serve(snapshot, info, request).await) }
+        async move {
+            Ok::<_, Infallible>(crate::proxy::serve(snapshot, info, request, framing_error).await)
+        }
     });
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let header_ms = millis(limits.header_read_timeout);
@@ -118,18 +129,30 @@ impl<I> ActivityIo<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            self.activity
+                .framing
+                .lock()
+                .observe(&buf.filled()[before..]);
         }
         result
     }
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -137,7 +160,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
         result
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();

@@ -2,6 +2,7 @@
 //! and drain on shutdown: stop accepting, let in-flight requests finish, then return.
 
 mod conn;
+mod framing;
 pub mod tls;
 
 use std::future::Future;
@@ -42,7 +43,9 @@ impl Listeners {
             addrs
                 .iter()
                 .map(|addr| {
-                    bind(*addr).map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+                    bind(*addr).map_err(|err| {
+                        io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
+                    })
                 })
                 .collect()
         };
@@ -54,13 +57,18 @@ impl Listeners {
 
     /// Actual addresses (a configured port 0 becomes the port the OS chose).
     pub fn addresses(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
-        let local = |list: &[TcpListener]| list.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let local =
+            |list: &[TcpListener]| list.iter().filter_map(|l| l.local_addr().ok()).collect();
         (local(&self.plain), local(&self.tls))
     }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -103,14 +111,23 @@ pub async fn serve(
         accept_loops.push(tokio::spawn(accept_loop(listener, ctx)));
     }
     shutdown.await;
-    tracing::info!(in_flight_connections = connections.len(), "draining: no new connections, finishing in-flight requests");
+    tracing::info!(
+        in_flight_connections = connections.len(),
+        "draining: no new connections, finishing in-flight requests"
+    );
     drain.cancel();
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
     connections.close();
-    if tokio::time::timeout(settings.drain_timeout, connections.wait()).await.is_err() {
-        tracing::warn!(remaining = connections.len(), "drain timeout reached; closing remaining connections");
+    if tokio::time::timeout(settings.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = connections.len(),
+            "drain timeout reached; closing remaining connections"
+        );
     } else {
         tracing::info!("drained");
     }
@@ -183,7 +200,9 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
             match tls {
                 None => conn::serve(stream, info, state, builder, limits, drain).await,
                 Some(acceptor) => {
-                    if let Some(stream) = tls_handshake(acceptor, stream, limits.header_read_timeout).await {
+                    if let Some(stream) =
+                        tls_handshake(acceptor, stream, limits.header_read_timeout).await
+                    {
                         conn::serve(stream, info, state, builder, limits, drain).await;
                     }
                 }

@@ -15,7 +15,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     if chain.is_empty() {
         return Err(format!("{} holds no certificate", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|err| format!("cannot read private key {}: {err}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| format!("cannot read private key {}: {err}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -19,7 +19,12 @@ pub struct PickContext<'a> {
 
 pub trait Balancer: Send + Sync {
     /// Index of the chosen target among those for which `eligible` is true, or `None` if none is.
-    fn pick(&self, targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool, ctx: &PickContext<'_>) -> Option<usize>;
+    fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize>;
 }
 
 /// nginx's smooth weighted round robin: with weights 5,1,1 it yields a a b a c a a, spreading
@@ -39,7 +44,12 @@ impl SmoothRoundRobin {
 impl SmoothRoundRobin {
     /// One smooth weighted round-robin step over `n` items with the given weights; used for
     /// targets and for a route's `split` across upstreams alike.
-    pub fn pick_by_weight(&self, n: usize, weight: &dyn Fn(usize) -> u32, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    pub fn pick_by_weight(
+        &self,
+        n: usize,
+        weight: &dyn Fn(usize) -> u32,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut current = self.current.lock();
         if current.len() != n {
             current.resize(n, 0);
@@ -64,7 +74,12 @@ impl SmoothRoundRobin {
 }
 
 impl Balancer for SmoothRoundRobin {
-    fn pick(&self, targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool, _: &PickContext<'_>) -> Option<usize> {
+    fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        eligible: &dyn Fn(usize) -> bool,
+        _: &PickContext<'_>,
+    ) -> Option<usize> {
         self.pick_by_weight(targets.len(), &|i| targets[i].weight, eligible)
     }
 }
@@ -73,7 +88,12 @@ impl Balancer for SmoothRoundRobin {
 pub struct WeightedRandom;
 
 impl Balancer for WeightedRandom {
-    fn pick(&self, targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool, _: &PickContext<'_>) -> Option<usize> {
+    fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        eligible: &dyn Fn(usize) -> bool,
+        _: &PickContext<'_>,
+    ) -> Option<usize> {
         weighted_random(targets, eligible)
     }
 }
@@ -106,13 +126,23 @@ fn weighted_random(targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool) ->
 pub struct LeastRequest;
 
 impl Balancer for LeastRequest {
-    fn pick(&self, targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool, _: &PickContext<'_>) -> Option<usize> {
+    fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        eligible: &dyn Fn(usize) -> bool,
+        _: &PickContext<'_>,
+    ) -> Option<usize> {
         let first = weighted_random(targets, eligible)?;
         let Some(second) = weighted_random(targets, &|i| i != first && eligible(i)) else {
             return Some(first);
         };
-        let load = |i: usize| (targets[i].in_flight() as u64 + 1) * 1_000_000 / u64::from(targets[i].weight);
-        Some(if load(second) < load(first) { second } else { first })
+        // Fewer requests in flight per unit of weight wins; ties keep the (weighted) first pick,
+        // so idle targets still share traffic by weight.
+        let in_flight = |i: usize| targets[i].in_flight() as u64;
+        let weight = |i: usize| u64::from(targets[i].weight);
+        let second_is_less_loaded =
+            in_flight(second) * weight(first) < in_flight(first) * weight(second);
+        Some(if second_is_less_loaded { second } else { first })
     }
 }
 
@@ -130,7 +160,11 @@ const MAX_RING: u64 = 40_000;
 
 impl ConsistentHash {
     pub fn new(targets: &[Arc<Target>]) -> Self {
-        let total_weight: u64 = targets.iter().map(|t| u64::from(t.weight)).sum::<u64>().max(1);
+        let total_weight: u64 = targets
+            .iter()
+            .map(|t| u64::from(t.weight))
+            .sum::<u64>()
+            .max(1);
         let per_weight = (MAX_RING / total_weight).clamp(1, VNODES_PER_WEIGHT);
         let mut ring = Vec::new();
         for (i, target) in targets.iter().enumerate() {
@@ -145,7 +179,12 @@ impl ConsistentHash {
 }
 
 impl Balancer for ConsistentHash {
-    fn pick(&self, targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool, ctx: &PickContext<'_>) -> Option<usize> {
+    fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        eligible: &dyn Fn(usize) -> bool,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
         let Some(key) = ctx.hash_key else {
             return weighted_random(targets, eligible);
         };
@@ -187,10 +226,17 @@ mod tests {
             .collect()
     }
 
-    fn counts(balancer: &dyn Balancer, targets: &[Arc<Target>], n: usize, eligible: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    fn counts(
+        balancer: &dyn Balancer,
+        targets: &[Arc<Target>],
+        n: usize,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Vec<usize> {
         let mut counts = vec![0; targets.len()];
         for _ in 0..n {
-            counts[balancer.pick(targets, eligible, &PickContext::default()).unwrap()] += 1;
+            counts[balancer
+                .pick(targets, eligible, &PickContext::default())
+                .unwrap()] += 1;
         }
         counts
     }
@@ -199,7 +245,9 @@ mod tests {
     fn smooth_round_robin_is_exact_and_spread() {
         let t = targets(&[5, 1, 1]);
         let rr = SmoothRoundRobin::new(t.len());
-        let order: Vec<usize> = (0..7).map(|_| rr.pick(&t, &|_| true, &PickContext::default()).unwrap()).collect();
+        let order: Vec<usize> = (0..7)
+            .map(|_| rr.pick(&t, &|_| true, &PickContext::default()).unwrap())
+            .collect();
         assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
         let t = targets(&[90, 10]);
         let rr = SmoothRoundRobin::new(t.len());
@@ -217,7 +265,11 @@ mod tests {
         ] {
             let c = counts(balancer.as_ref(), &t, 300, &|i| i != 1);
             assert_eq!(c[1], 0);
-            assert!(balancer.pick(&t, &|_| false, &PickContext::default()).is_none());
+            assert!(
+                balancer
+                    .pick(&t, &|_| false, &PickContext::default())
+                    .is_none()
+            );
         }
     }
 
@@ -234,11 +286,21 @@ mod tests {
         let t = targets(&[1, 1, 1, 1]);
         let ring = ConsistentHash::new(&t);
         let pick = |key: &str, eligible: &dyn Fn(usize) -> bool| {
-            ring.pick(&t, eligible, &PickContext { hash_key: Some(key.as_bytes()) }).unwrap()
+            ring.pick(
+                &t,
+                eligible,
+                &PickContext {
+                    hash_key: Some(key.as_bytes()),
+                },
+            )
+            .unwrap()
         };
         let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
         let before: Vec<usize> = keys.iter().map(|k| pick(k, &|_| true)).collect();
-        assert_eq!(before, keys.iter().map(|k| pick(k, &|_| true)).collect::<Vec<_>>());
+        assert_eq!(
+            before,
+            keys.iter().map(|k| pick(k, &|_| true)).collect::<Vec<_>>()
+        );
         let after: Vec<usize> = keys.iter().map(|k| pick(k, &|i| i != 2)).collect();
         for (b, a) in before.iter().zip(&after) {
             if *b != 2 {

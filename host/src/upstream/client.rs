@@ -67,21 +67,20 @@ impl UpstreamClient {
             Some(path) => load_roots(path)?,
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|err| format!("TLS setup failed: {err}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = if key.protocol.is_http2() {
-            vec![b"h2".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
+        // hyper-rustls sets ALPN from the enabled versions: exactly the upstream's protocol.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_only()
-            .enable_all_versions()
-            .wrap_connector(http);
+            .https_only();
+        let https = if key.protocol.is_http2() {
+            https.enable_http2().wrap_connector(http)
+        } else {
+            https.enable_http1().wrap_connector(http)
+        };
         Ok(UpstreamClient::Tls(builder.build(https)))
     }
 }

@@ -25,11 +25,12 @@ pub struct HealthCheck {
 
 impl HealthCheck {
     pub fn from_config(config: &HealthCheckConfig) -> Result<Self, String> {
-        let path: PathAndQuery = config
-            .path
-            .get_ref()
-            .parse()
-            .map_err(|_| format!("health check path `{}` is not a valid path", config.path.get_ref()))?;
+        let path: PathAndQuery = config.path.get_ref().parse().map_err(|_| {
+            format!(
+                "health check path `{}` is not a valid path",
+                config.path.get_ref()
+            )
+        })?;
         if !path.as_str().starts_with('/') {
             return Err(format!("health check path `{}` must start with `/`", path));
         }
@@ -61,7 +62,10 @@ async fn run(weak: Weak<Upstream>, check: HealthCheck) {
             return;
         };
         streaks.resize(upstream.targets.len(), 0);
-        let probes = upstream.targets.iter().map(|target| probe(&upstream, target, &check));
+        let probes = upstream
+            .targets
+            .iter()
+            .map(|target| probe(&upstream, target, &check));
         let results = futures_util::future::join_all(probes).await;
         for (i, ok) in results.into_iter().enumerate() {
             let target = &upstream.targets[i];
@@ -87,8 +91,16 @@ fn results_reason(streak: &i64) -> String {
     format!("{} failed checks in a row", -streak)
 }
 
-async fn probe(upstream: &Upstream, target: &super::Target, check: &HealthCheck) -> Result<(), String> {
-    let scheme = if upstream.protocol.is_tls() { Scheme::HTTPS } else { Scheme::HTTP };
+async fn probe(
+    upstream: &Upstream,
+    target: &super::Target,
+    check: &HealthCheck,
+) -> Result<(), String> {
+    let scheme = if upstream.protocol.is_tls() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
     let uri = Uri::builder()
         .scheme(scheme)
         .authority(target.authority.clone())
@@ -103,9 +115,10 @@ async fn probe(upstream: &Upstream, target: &super::Target, check: &HealthCheck)
     } else if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
         request.headers_mut().insert(header::HOST, host);
     }
-    request
-        .headers_mut()
-        .insert(header::USER_AGENT, HeaderValue::from_static("wasmgate-health-check"));
+    request.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("wasmgate-health-check"),
+    );
     let response = tokio::time::timeout(check.timeout, upstream.client.request(request))
         .await
         .map_err(|_| "timed out".to_owned())?

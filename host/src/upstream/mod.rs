@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 
-pub use balance::{Balancer, ConsistentHash, LeastRequest, PickContext, SmoothRoundRobin, WeightedRandom};
+pub use balance::{
+    Balancer, ConsistentHash, LeastRequest, PickContext, SmoothRoundRobin, WeightedRandom,
+};
 pub use client::{ClientCache, ClientKey, UpstreamClient, UpstreamResponse};
 pub use health::HealthCheck;
 pub use outlier::OutlierPolicy;
@@ -73,16 +75,21 @@ impl Upstream {
         let span = config.span();
         let config = config.get_ref();
         let errors_before = diagnostics.error_count();
-        let fail = |diagnostics: &mut Diagnostics, span: std::ops::Range<usize>, message: String| {
-            diagnostics.error(span, format!("upstreams.{name}: {message}"));
-        };
+        let fail =
+            |diagnostics: &mut Diagnostics, span: std::ops::Range<usize>, message: String| {
+                diagnostics.error(span, format!("upstreams.{name}: {message}"));
+            };
 
         let mut targets = Vec::new();
         match (&config.targets, &config.discovery) {
             (Some(list), None) if !list.is_empty() => {
                 for target in list {
                     if *target.weight.get_ref() == 0 {
-                        fail(diagnostics, target.weight.span(), "target weight must be at least 1".into());
+                        fail(
+                            diagnostics,
+                            target.weight.span(),
+                            "target weight must be at least 1".into(),
+                        );
                     }
                     match Target::new(target.addr.get_ref(), *target.weight.get_ref()) {
                         Ok(t) => targets.push(Arc::new(t)),
@@ -94,14 +101,19 @@ impl Upstream {
             (None, Some(discovery)) => fail(
                 diagnostics,
                 discovery.span(),
-                "service discovery is not available in this build yet; list `targets` instead".into(),
+                "service discovery is not available in this build yet; list `targets` instead"
+                    .into(),
             ),
             (Some(_), Some(discovery)) => fail(
                 diagnostics,
                 discovery.span(),
                 "give either `targets` or `discovery`, not both".into(),
             ),
-            (None, None) => fail(diagnostics, span.clone(), "needs `targets` (or `discovery`)".into()),
+            (None, None) => fail(
+                diagnostics,
+                span.clone(),
+                "needs `targets` (or `discovery`)".into(),
+            ),
         }
 
         let balance = BalanceKind::parse(config.balance.get_ref())
@@ -119,7 +131,11 @@ impl Upstream {
             .and_then(|tls| tls.ca.as_deref())
             .map(|ca| diagnostics.source().resolve(ca));
         if config.tls.is_some() && !config.protocol.is_tls() {
-            fail(diagnostics, span.clone(), "`tls` settings need protocol \"https\" or \"h2\"".into());
+            fail(
+                diagnostics,
+                span.clone(),
+                "`tls` settings need protocol \"https\" or \"h2\"".into(),
+            );
         }
         let client = clients
             .get_or_build(ClientKey {
@@ -140,7 +156,9 @@ impl Upstream {
             BalanceKind::RoundRobin => (Box::new(SmoothRoundRobin::new(targets.len())), None),
             BalanceKind::LeastRequest => (Box::new(LeastRequest), None),
             BalanceKind::Random => (Box::new(WeightedRandom), None),
-            BalanceKind::HashHeader(header) => (Box::new(ConsistentHash::new(&targets)), Some(header)),
+            BalanceKind::HashHeader(header) => {
+                (Box::new(ConsistentHash::new(&targets)), Some(header))
+            }
         };
         Some(Upstream {
             name: Arc::from(name),
@@ -177,7 +195,11 @@ impl Upstream {
         };
         let available = |i: usize| self.targets[i].is_available(now);
         self.balancer
-            .pick(&self.targets, &|i| available(i) && !tried.contains(&i), &ctx)
+            .pick(
+                &self.targets,
+                &|i| available(i) && !tried.contains(&i),
+                &ctx,
+            )
             .or_else(|| {
                 if tried.is_empty() {
                     None

@@ -37,7 +37,10 @@ impl OutlierPolicy {
     /// since its last ejection ended is forgiven its ejection history.
     pub fn record_success(&self, target: &Target, now_ms: u64) {
         if target.state.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            target.state.consecutive_failures.store(0, Ordering::Relaxed);
+            target
+                .state
+                .consecutive_failures
+                .store(0, Ordering::Relaxed);
         }
         if target.state.ejections.load(Ordering::Relaxed) != 0
             && now_ms > target.ejected_until().saturating_add(self.base_eject_ms)
@@ -48,9 +51,18 @@ impl OutlierPolicy {
 
     /// A 5xx, reset, timeout or connect failure. Returns the ejection time if the target was
     /// ejected by it.
-    pub fn record_failure(&self, targets: &[Arc<Target>], index: usize, now_ms: u64) -> Option<Duration> {
+    pub fn record_failure(
+        &self,
+        targets: &[Arc<Target>],
+        index: usize,
+        now_ms: u64,
+    ) -> Option<Duration> {
         let target = &targets[index];
-        let failures = target.state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = target
+            .state
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if failures < self.consecutive_failures || target.is_ejected(now_ms) {
             return None;
         }
@@ -59,14 +71,25 @@ impl OutlierPolicy {
             .iter()
             .enumerate()
             .any(|(i, t)| i != index && t.is_available(now_ms));
-        let within_percent = ejected == 0 || (ejected + 1) * 100 <= targets.len() * self.max_ejected_percent as usize;
+        let within_percent = ejected == 0
+            || (ejected + 1) * 100 <= targets.len() * self.max_ejected_percent as usize;
         if !others_available || !within_percent {
             return None;
         }
-        let repeats = target.state.ejections.fetch_add(1, Ordering::Relaxed).min(20);
-        let eject_ms = self.base_eject_ms.saturating_mul(1 << repeats).min(self.max_eject_ms);
+        let repeats = target
+            .state
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .min(20);
+        let eject_ms = self
+            .base_eject_ms
+            .saturating_mul(1 << repeats)
+            .min(self.max_eject_ms);
         target.set_ejected_until(now_ms + eject_ms);
-        target.state.consecutive_failures.store(0, Ordering::Relaxed);
+        target
+            .state
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
         Some(Duration::from_millis(eject_ms))
     }
 }
@@ -123,7 +146,11 @@ mod tests {
         let t = targets(2);
         let p = policy(1, 100);
         assert!(p.record_failure(&t, 0, 0).is_some());
-        assert_eq!(p.record_failure(&t, 1, 0), None, "the last available target stays");
+        assert_eq!(
+            p.record_failure(&t, 1, 0),
+            None,
+            "the last available target stays"
+        );
         let t = targets(4);
         let p = policy(1, 50);
         assert!(p.record_failure(&t, 0, 0).is_some());

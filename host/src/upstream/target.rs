@@ -57,7 +57,9 @@ impl Target {
             return Err(format!("target address `{addr}` needs a port"));
         }
         if authority.as_str().contains('@') {
-            return Err(format!("target address `{addr}` must not contain credentials"));
+            return Err(format!(
+                "target address `{addr}` must not contain credentials"
+            ));
         }
         Ok(Target {
             addr: addr.to_owned(),
