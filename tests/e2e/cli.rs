@@ -174,3 +174,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(status.success(), "{status}");
     assert!(gateway.stderr().contains("drained"), "{}", gateway.stderr());
 }
+
+#[test]
+fn the_example_config_checks_clean() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway.toml");
+    let (ok, stdout, stderr) = gateway::check(&path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok (4 routes, 4 upstreams)"), "{stdout}");
+}

@@ -245,3 +245,31 @@ async fn bodies_stream_in_both_directions() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["body_len"], big.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_proxies_decide_the_client_ip() {
+    let upstream = TestUpstream::start("app").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n{}[[routes]]\npath = \"/{{*rest}}\"\nupstream = \"app\"\n",
+        upstream_table("app", &[(upstream.addr, 1)], "")
+    );
+    let gateway = GatewayProcess::start(&config);
+    let reply = HttpClient::http1()
+        .send(
+            Method::GET,
+            &gateway.url("/"),
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "via-lb"),
+            ],
+            "",
+        )
+        .await;
+    let headers = &reply.json()["headers"];
+    // The peer is a trusted proxy: its chain is kept and the peer appended.
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    let log = gateway.wait_access_log(1);
+    assert_eq!(log[0]["client_ip"], "203.0.113.7");
+}

@@ -196,8 +196,6 @@ impl Protocol {
 pub struct UpstreamTlsConfig {
     /// PEM file of CA certificates to trust instead of the public web roots.
     pub ca: Option<String>,
-    /// SNI and certificate name to verify; defaults to the target's host.
-    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
