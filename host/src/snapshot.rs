@@ -202,15 +202,6 @@ fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<L
         }
         None => (Vec::new(), None),
     };
-    if server.max_header_bytes.bytes() < 1024 {
-        diagnostics.error(0..0, "server.max_header_bytes: must be at least 1KiB");
-    }
-    if server.max_connections == 0 {
-        diagnostics.error(0..0, "server.max_connections: must be at least 1");
-    }
-    if server.workers == Some(0) {
-        diagnostics.error(0..0, "server.workers: must be at least 1");
-    }
     if server.tls.is_some() && tls.is_none() {
         return None;
     }

@@ -203,6 +203,22 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_numbers_point_at_value() {
+        let errs = errors(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 0\n[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\" }]\nretry = { attempts = 50 }\n",
+        );
+        assert_eq!(
+            errs.len(),
+            1,
+            "parsing stops at the first type error: {errs:?}"
+        );
+        assert!(
+            errs[0].starts_with("gw.toml:3:19: server.max_connections: must be at least 1"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let errs = errors("[server\nlisten = 1\n");
         assert!(errs[0].starts_with("gw.toml:1:"), "{errs:?}");

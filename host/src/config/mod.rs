@@ -5,6 +5,7 @@
 //! Values that later checks may need to point at are wrapped in [`Spanned`], so an error about
 //! them carries the position of the value in the file.
 
+mod checks;
 mod load;
 mod units;
 
@@ -81,7 +82,10 @@ pub struct ServerConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Request line plus headers, per request (431 past it).
-    #[serde(default = "defaults::max_header_bytes")]
+    #[serde(
+        default = "defaults::max_header_bytes",
+        deserialize_with = "checks::header_size"
+    )]
     pub max_header_bytes: Size,
     /// Time allowed for a request head to arrive (slowloris).
     #[serde(default = "defaults::header_read_timeout")]
@@ -93,9 +97,13 @@ pub struct ServerConfig {
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: Size,
     /// Open client connections; further clients wait in the listen backlog.
-    #[serde(default = "defaults::max_connections")]
+    #[serde(
+        default = "defaults::max_connections",
+        deserialize_with = "checks::at_least_one_usize"
+    )]
     pub max_connections: usize,
     /// Runtime worker threads; defaults to the number of CPUs.
+    #[serde(default, deserialize_with = "checks::workers")]
     pub workers: Option<usize>,
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[serde(default = "defaults::drain_timeout")]
@@ -214,30 +222,45 @@ pub struct HealthCheckConfig {
     pub interval: Duration,
     #[serde(default = "defaults::health_timeout")]
     pub timeout: Duration,
-    #[serde(default = "defaults::unhealthy_threshold")]
+    #[serde(
+        default = "defaults::unhealthy_threshold",
+        deserialize_with = "checks::at_least_one_u32"
+    )]
     pub unhealthy_threshold: u32,
-    #[serde(default = "defaults::healthy_threshold")]
+    #[serde(
+        default = "defaults::healthy_threshold",
+        deserialize_with = "checks::at_least_one_u32"
+    )]
     pub healthy_threshold: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
-    #[serde(default = "defaults::consecutive_failures")]
+    #[serde(
+        default = "defaults::consecutive_failures",
+        deserialize_with = "checks::at_least_one_u32"
+    )]
     pub consecutive_failures: u32,
     #[serde(default = "defaults::eject")]
     pub eject: Duration,
     /// Cap on the doubled ejection time.
     #[serde(default = "defaults::max_eject")]
     pub max_eject: Duration,
-    #[serde(default = "defaults::max_ejected_percent")]
+    #[serde(
+        default = "defaults::max_ejected_percent",
+        deserialize_with = "checks::percent"
+    )]
     pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    #[serde(default = "defaults::retry_attempts")]
+    #[serde(
+        default = "defaults::retry_attempts",
+        deserialize_with = "checks::retry_attempts"
+    )]
     pub attempts: u32,
     #[serde(default = "defaults::retry_on")]
     pub on: Vec<Spanned<String>>,
@@ -246,7 +269,7 @@ pub struct RetryConfig {
     pub per_try_timeout: Option<Duration>,
     #[serde(default = "defaults::backoff")]
     pub backoff: Duration,
-    #[serde(default = "defaults::budget")]
+    #[serde(default = "defaults::budget", deserialize_with = "checks::fraction")]
     pub budget: f64,
     /// A request body is kept for replay up to this size; a larger one is not retried.
     #[serde(default = "defaults::max_replay_body")]

@@ -56,7 +56,7 @@ impl RetryPolicy {
         };
         let errors_before = diagnostics.error_count();
         let mut policy = RetryPolicy {
-            attempts: config.attempts.min(10),
+            attempts: config.attempts,
             on_connect_failure: false,
             on_reset: false,
             on_timeout: false,
@@ -67,18 +67,6 @@ impl RetryPolicy {
             max_replay_body: Size::as_usize(config.max_replay_body),
             budget: RetryBudget::new(config.budget),
         };
-        if config.attempts > 10 {
-            diagnostics.error(
-                0..0,
-                format!("upstreams.{upstream}.retry.attempts: at most 10 retries"),
-            );
-        }
-        if !(0.0..=1.0).contains(&config.budget) {
-            diagnostics.error(
-                0..0,
-                format!("upstreams.{upstream}.retry.budget: must be between 0.0 and 1.0"),
-            );
-        }
         for condition in &config.on {
             match condition.get_ref().as_str() {
                 "connect-failure" => policy.on_connect_failure = true,
