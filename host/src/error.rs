@@ -75,6 +75,23 @@ impl ErrorKind {
         }
     }
 
+    /// What a client is told for errors that are not its own: nothing about our insides.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::ClientBody => "the request is malformed",
+            ErrorKind::BodyTooLarge => "the request body is too large",
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::NoHealthyTarget => "no healthy upstream is available",
+            ErrorKind::ConnectFailed => "the upstream could not be reached",
+            ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
+            ErrorKind::UpstreamReset => "the upstream closed the connection",
+            ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
+            ErrorKind::PluginFailed => "a plugin failed",
+            ErrorKind::Internal => "internal error",
+        }
+    }
+
     /// Short machine-readable code used in the JSON body and the access log.
     pub fn code(self) -> &'static str {
         match self {
@@ -154,9 +171,14 @@ impl ProxyError {
     }
 
     /// The response a client sees: the status and `{"error": code, "message": ...}`.
-    /// Internal details (addresses, error chains) go to the log, not to the client.
+    /// A client learns the details of its own mistakes; for everything else it gets the kind's
+    /// public message, and the details (addresses, error chains) go to the log.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        error_response(self.status(), self.kind.code(), &self.message)
+        let message = match self.side {
+            Side::Client => self.message.as_str(),
+            _ => self.kind.public_message(),
+        };
+        error_response(self.status(), self.kind.code(), message)
     }
 }
 

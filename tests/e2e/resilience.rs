@@ -141,6 +141,11 @@ async fn connect_failures_are_retried_for_any_method() {
     let reply = client.get(&gateway.url("/p")).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["error"], "upstream_connect_failed");
+    assert!(
+        !reply.text().contains(&dead.to_string()),
+        "internal address leaked: {}",
+        reply.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,6 +204,26 @@ async fn timeouts_answer_504_and_per_try_timeout_retries() {
         "{:?}",
         started.elapsed()
     );
+
+    // The timeout covers the whole exchange: a response body still streaming is cut off.
+    slow.set(Behaviour::Stream {
+        chunks: 20,
+        pause: Duration::from_millis(100),
+    });
+    let started = Instant::now();
+    let cut = client
+        .try_send(Method::GET, &gateway.url("/stream"), &[], "")
+        .await;
+    assert!(
+        cut.is_err(),
+        "a body past the timeout must not look complete"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    slow.set(Behaviour::Hang);
 
     // A hanging target with a per-try timeout: the retry goes to the other target.
     let gateway = GatewayProcess::start(&pool_config(

@@ -90,7 +90,8 @@ pub struct ServerConfig {
     /// Time allowed for a request head to arrive (slowloris).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no bytes for this long is closed.
+    /// A connection without a byte either way for this long is closed gracefully (a request
+    /// still in flight finishes first).
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
     /// Request bodies larger than this get 413.

@@ -7,15 +7,18 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
+use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -46,6 +49,17 @@ impl StdError for ClientBodyError {
         Some(&self.0)
     }
 }
+
+/// The response body was still streaming when the exchange's timeout passed.
+#[derive(Debug)]
+pub struct ResponseTimedOut;
+
+impl fmt::Display for ResponseTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the upstream's response did not complete within the timeout")
+    }
+}
+impl StdError for ResponseTimedOut {}
 
 /// A replay body was polled after a newer attempt took over.
 #[derive(Debug)]
@@ -294,6 +308,9 @@ pub struct ResponseBody {
     inner: ResponseInner,
     bytes: u64,
     on_end: Option<Box<dyn OnBodyEnd>>,
+    /// End of the whole exchange; the timer is armed only when the upstream makes us wait.
+    deadline: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 enum ResponseInner {
@@ -307,7 +324,15 @@ impl ResponseBody {
             inner: ResponseInner::Upstream(body),
             bytes: 0,
             on_end: None,
+            deadline: None,
+            timer: None,
         }
+    }
+
+    /// Cuts the body off (as an error, so the client sees it truncated) at `deadline`.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     pub fn full(bytes: Bytes) -> Self {
@@ -315,6 +340,8 @@ impl ResponseBody {
             inner: ResponseInner::Full((!bytes.is_empty()).then_some(bytes)),
             bytes: 0,
             on_end: None,
+            deadline: None,
+            timer: None,
         }
     }
 
@@ -356,9 +383,20 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            ResponseInner::Upstream(body) => {
-                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BoxError::from))
-            }
+            ResponseInner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
+                Poll::Pending => {
+                    let Some(deadline) = this.deadline else {
+                        return Poll::Pending;
+                    };
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                    ready!(timer.as_mut().poll(cx));
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(Box::new(ResponseTimedOut))));
+                }
+            },
             ResponseInner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         match &polled {

@@ -100,14 +100,17 @@ pub fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let peer_text = peer.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) if peer_trusted => {
-            let mut value = existing.as_bytes().to_vec();
+    let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        // Several lines of X-Forwarded-For form one list (RFC 9110 5.3).
+        let mut value = Vec::new();
+        for line in headers.get_all(&X_FORWARDED_FOR) {
+            value.extend_from_slice(line.as_bytes());
             value.extend_from_slice(b", ");
-            value.extend_from_slice(peer_text.as_bytes());
-            HeaderValue::from_bytes(&value).ok()
         }
-        _ => None,
+        value.extend_from_slice(peer_text.as_bytes());
+        HeaderValue::from_bytes(&value).ok()
+    } else {
+        None
     };
     let forwarded_for = forwarded_for.or_else(|| HeaderValue::from_str(&peer_text).ok());
     if peer_trusted {
@@ -229,10 +232,11 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.com");
         let mut h = headers(&[
             ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
         set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 

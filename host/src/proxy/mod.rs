@@ -9,7 +9,7 @@ pub mod retry;
 mod upgrade;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -111,8 +111,9 @@ async fn proxy(
             cap,
         ))
     };
-    let timeout = route.timeout.unwrap_or(upstream.timeout);
-    let mut response = forward(&upstream, parts, body, timeout, record).await?;
+    // The whole exchange, retries and the response body included, ends by this deadline.
+    let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
+    let mut response = forward(&upstream, parts, body, deadline, record).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
             Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response)),
@@ -124,7 +125,10 @@ async fn proxy(
     }
     headers::strip_hop_by_hop(response.headers_mut(), false, false);
     let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body).with_deadline(deadline),
+    ))
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.
@@ -266,15 +270,14 @@ fn prepare_upstream_request(
     Ok(())
 }
 
-/// Sends the request to a target of `upstream`, retrying as its policy allows, within `timeout`.
+/// Sends the request to a target of `upstream`, retrying as its policy allows, until `deadline`.
 async fn forward(
     upstream: &Upstream,
     parts: Parts,
     body: RequestBody,
-    timeout: Duration,
+    deadline: Instant,
     record: &mut AccessRecord,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let deadline = Instant::now() + timeout;
     let policy = &upstream.retry;
     policy.record_request();
     // The first attempt's body is a replay of the original, so every attempt is alike.

@@ -87,7 +87,7 @@ impl RetryPolicy {
         // A per-try timeout is answered with 504 by the gateway, so listing 504 covers it too.
         policy.on_timeout |= policy.on_status.contains(&StatusCode::GATEWAY_TIMEOUT);
         for method in &config.methods {
-            match Method::from_bytes(method.get_ref().as_bytes()) {
+            match Method::from_bytes(method.get_ref().to_ascii_uppercase().as_bytes()) {
                 Ok(m) => policy.methods.push(m),
                 Err(_) => diagnostics.error(
                     method.span(),
