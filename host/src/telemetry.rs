@@ -51,7 +51,7 @@ pub struct AccessRecord {
     request_id: HeaderValue,
     pub route: Option<Arc<str>>,
     pub status: u16,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub attempts: u32,
     pub error: Option<&'static str>,
 }

@@ -20,6 +20,8 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
+use crate::upstream::InFlightGuard;
+
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The request body grew past `max_body_bytes`.
@@ -311,6 +313,8 @@ pub struct ResponseBody {
     /// End of the whole exchange; the timer is armed only when the upstream makes us wait.
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Keeps the target's in-flight count (least-request balancing) until the body is over.
+    in_flight: Option<InFlightGuard>,
 }
 
 enum ResponseInner {
@@ -326,7 +330,14 @@ impl ResponseBody {
             on_end: None,
             deadline: None,
             timer: None,
+            in_flight: None,
         }
+    }
+
+    /// Counts the exchange against its target until the body is over.
+    pub fn with_in_flight(mut self, guard: InFlightGuard) -> Self {
+        self.in_flight = Some(guard);
+        self
     }
 
     /// Cuts the body off (as an error, so the client sees it truncated) at `deadline`.
@@ -342,6 +353,7 @@ impl ResponseBody {
             on_end: None,
             deadline: None,
             timer: None,
+            in_flight: None,
         }
     }
 
@@ -354,6 +366,7 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, complete: bool) {
+        self.in_flight = None;
         if let Some(on_end) = self.on_end.take() {
             on_end.on_end(self.bytes, complete);
         }

@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, ProxyError, Side, find_in_chain};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
-use crate::upstream::Upstream;
+use crate::upstream::{InFlightGuard, Upstream};
 use body::{BodyTooLarge, ClientBodyError, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
@@ -113,10 +113,10 @@ async fn proxy(
     };
     // The whole exchange, retries and the response body included, ends by this deadline.
     let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
-    let mut response = forward(&upstream, parts, body, deadline, record).await?;
+    let (mut response, in_flight) = forward(&upstream, parts, body, deadline, record).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
-            Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response)),
+            Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response, &conn.tasks)),
             None => Err(ProxyError::new(
                 ErrorKind::UpstreamProtocol,
                 "upstream switched protocols without being asked",
@@ -127,7 +127,9 @@ async fn proxy(
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body).with_deadline(deadline),
+        ResponseBody::upstream(body)
+            .with_deadline(deadline)
+            .with_in_flight(in_flight),
     ))
 }
 
@@ -277,7 +279,7 @@ async fn forward(
     body: RequestBody,
     deadline: Instant,
     record: &mut AccessRecord,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, InFlightGuard), ProxyError> {
     let policy = &upstream.retry;
     policy.record_request();
     // The first attempt's body is a replay of the original, so every attempt is alike.
@@ -340,7 +342,6 @@ async fn forward(
                 ),
             )),
         };
-        drop(in_flight);
 
         let failed = match &outcome {
             Ok(response) => response.status().is_server_error(),
@@ -361,13 +362,11 @@ async fn forward(
                 Err(error) => policy.retries_error(error, &parts.method, body_replayable),
             }
             && policy.take_budget(outcome.as_ref().err());
-        if !retry {
-            return outcome;
-        }
         let pause = policy.backoff(record.attempts);
-        if Instant::now() + pause >= deadline {
-            return outcome;
+        if !retry || Instant::now() + pause >= deadline {
+            return outcome.map(|response| (response, in_flight));
         }
+        drop(in_flight);
         tracing::debug!(upstream = %upstream.name, target = %target.addr, attempt = record.attempts, "retrying");
         tokio::time::sleep(pause).await;
     }

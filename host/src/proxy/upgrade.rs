@@ -6,6 +6,7 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
 
 use super::body::ResponseBody;
 use super::headers;
@@ -24,11 +25,15 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 }
 
 /// Answers the client with the upstream's 101 and joins the two upgraded connections.
-pub fn tunnel(client: OnUpgrade, mut response: Response<Incoming>) -> Response<ResponseBody> {
+pub fn tunnel(
+    client: OnUpgrade,
+    mut response: Response<Incoming>,
+    tasks: &TaskTracker,
+) -> Response<ResponseBody> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true, false);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);

@@ -29,6 +29,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Work that outlives the request but belongs to the connection (upgraded tunnels), so
+    /// that a drain waits for it as for the connection itself.
+    pub tasks: TaskTracker,
 }
 
 /// Bound sockets, ready to serve.
@@ -189,6 +192,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
             peer,
             local: local.unwrap_or(peer),
             tls: ctx.tls.is_some(),
+            tasks: ctx.connections.clone(),
         });
         let state = ctx.state.clone();
         let builder = ctx.builder.clone();

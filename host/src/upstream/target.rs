@@ -16,8 +16,9 @@ pub fn clock_ms() -> u64 {
 
 #[derive(Debug)]
 pub struct Target {
-    /// As written in the config (`127.0.0.1:9001`, `users.internal:80`).
-    pub addr: String,
+    /// As written in the config (`127.0.0.1:9001`, `users.internal:80`); shared with the
+    /// access log of every request that goes there.
+    pub addr: std::sync::Arc<str>,
     pub authority: Authority,
     pub weight: u32,
     pub state: TargetState,
@@ -62,7 +63,7 @@ impl Target {
             ));
         }
         Ok(Target {
-            addr: addr.to_owned(),
+            addr: std::sync::Arc::from(addr),
             authority,
             weight: weight.max(1),
             state: TargetState::default(),
