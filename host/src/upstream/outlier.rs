@@ -71,8 +71,10 @@ impl OutlierPolicy {
             .iter()
             .enumerate()
             .any(|(i, t)| i != index && t.is_available(now_ms));
-        let within_percent = ejected == 0
-            || (ejected + 1) * 100 <= targets.len() * self.max_ejected_percent as usize;
+        // At least one target may always be ejected, unless the percentage is zero (off).
+        let within_percent = self.max_ejected_percent > 0
+            && (ejected == 0
+                || (ejected + 1) * 100 <= targets.len() * self.max_ejected_percent as usize);
         if !others_available || !within_percent {
             return None;
         }
@@ -156,5 +158,7 @@ mod tests {
         assert!(p.record_failure(&t, 0, 0).is_some());
         assert!(p.record_failure(&t, 1, 0).is_some());
         assert_eq!(p.record_failure(&t, 2, 0), None, "50% of 4 are already out");
+        let t = targets(4);
+        assert_eq!(policy(1, 0).record_failure(&t, 0, 0), None, "0% turns ejection off");
     }
 }
