@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: wasmgate vs nginx in front of the same cheap upstream.
+#
+# This is a benchmark, not a test: it exits non-zero only when something fails to
+# build or start, never because of the numbers.
+#
+#   bench/proxy.sh                         # defaults: DURATION=10s CONNECTIONS=50 THREADS=1 ROUNDS=2
+#   DURATION=30s CONNECTIONS=100 bench/proxy.sh
+#
+# Environment:
+#   DURATION     wrk duration per run                     (default 10s)
+#   CONNECTIONS  wrk connections                          (default 50)
+#   THREADS      wrk threads                              (default 1)
+#   ROUNDS       alternating nginx/wasmgate rounds        (default 2)
+#   WARMUP       warm-up run per target before measuring  (default 2s; 0 to skip)
+#   SKIP_BUILD   1 = do not run cargo build               (default 0)
+#   KEEP_TMP     1 = keep the temp dir (configs, logs)    (default 0)
+#   IDLE_WAIT    seconds to wait for the machine to go quiet before measuring (default 0)
+#
+# Layout: with 2+ cores the proxy under test is pinned to core 0, wrk and the upstream to
+# core 1 (taskset). With one core nothing is pinned and the numbers are only indicative.
+#
+# Columns: rps and latency from `wrk --latency`; "cpu us/req" is the proxy's utime+stime
+# (from /proc/PID/stat, nginx = master + worker, wasmgate = the whole process, all threads)
+# over the run divided by the requests wrk completed; "rss" is VmRSS after the run (nginx:
+# the worker). For the "upstream (direct)" rows the cpu/rss columns describe the upstream
+# nginx itself (there is no proxy). "other %" is CPU used during the run by anything but
+# wrk, the upstream and the proxy (e.g. a compiler next to the benchmark), as % of all cores.
+
+set -uo pipefail
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-2s}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+IDLE_WAIT=${IDLE_WAIT:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WASMGATE="$ROOT/target/release/wasmgate"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+missing=()
+for tool in cargo wrk nginx awk getconf curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+# nginx lives in /usr/sbin, which is not always on a non-root PATH.
+if [[ " ${missing[*]} " == *" nginx "* && -x /usr/sbin/nginx ]]; then
+    PATH="$PATH:/usr/sbin"
+    missing=("${missing[@]/nginx/}")
+fi
+have_taskset=1
+command -v taskset >/dev/null 2>&1 || have_taskset=0
+real_missing=()
+for m in "${missing[@]}"; do [[ -n "$m" ]] && real_missing+=("$m"); done
+if ((${#real_missing[@]})); then
+    echo "missing tools: ${real_missing[*]}" >&2
+    echo "install on Debian/Ubuntu:" >&2
+    for m in "${real_missing[@]}"; do
+        case "$m" in
+            wrk) echo "  apt-get install -y wrk" >&2 ;;
+            nginx) echo "  apt-get install -y nginx-light   (any nginx with the upstream/proxy modules works)" >&2 ;;
+            curl) echo "  apt-get install -y curl" >&2 ;;
+            awk|getconf) echo "  apt-get install -y gawk libc-bin   ($m)" >&2 ;;
+            cargo) echo "  install Rust: https://rustup.rs" >&2 ;;
+        esac
+    done
+    exit 1
+fi
+((have_taskset)) || say "taskset not found (apt-get install -y util-linux): running unpinned"
+
+CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+
+# ---------------------------------------------------------------- build
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    say "cargo build --release -p wasmgate"
+    (cd "$ROOT" && cargo build --release -p wasmgate) || die "cargo build failed"
+fi
+[[ -x "$WASMGATE" ]] || die "$WASMGATE not found (build it or unset SKIP_BUILD)"
+BUILD_INFO="$("$WASMGATE" --version 2>/dev/null)"
+if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+    BUILD_INFO="$BUILD_INFO, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+    [[ -n "$(git -C "$ROOT" status --porcelain -- host Cargo.toml Cargo.lock 2>/dev/null)" ]] \
+        && BUILD_INFO="$BUILD_INFO + uncommitted changes in host/"
+fi
+
+# ---------------------------------------------------------------- pinning
+PROXY_PIN=()
+LOAD_PIN=()
+if ((have_taskset)) && ((NCPU >= 2)); then
+    PROXY_PIN=(taskset -c 0)
+    LOAD_PIN=(taskset -c 1)
+    PIN_NOTE="proxy on core 0; wrk + upstream on core 1"
+else
+    PIN_NOTE="not pinned ($NCPU core(s)$( ((have_taskset)) || echo ', no taskset'))"
+fi
+say "pinning: $PIN_NOTE"
+
+# ---------------------------------------------------------------- temp dir + cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ "$KEEP_TMP" == 1 ]]; then
+        say "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- ports
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+USED_PORTS=""
+pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 30000))
+        [[ " $USED_PORTS " == *" $p "* ]] && continue
+        port_in_use "$p" && continue
+        USED_PORTS="$USED_PORTS $p"
+        PORT=$p
+        return 0
+    done
+    die "no free port found"
+}
+pick_port; UP_PORT=$PORT
+pick_port; NGX_PORT=$PORT
+pick_port; WG_PORT=$PORT
+
+wait_http() { # url what pid
+    local url=$1 what=$2 pid=$3
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if [[ "$(curl -s -m 2 "$url" 2>/dev/null)" == "hello" ]]; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- nginx (upstream + proxy)
+nginx_conf() { # dir server-block
+    local dir=$1 body=$2
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid $dir/nginx.pid;
+lock_file $dir/nginx.lock;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 1000000;
+$body
+}
+EOF
+}
+
+# upstream: as cheap as possible, no logging
+nginx_conf "$TMP/upstream" "
+    access_log off;
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / { default_type text/plain; return 200 \"hello\\n\"; }
+    }"
+
+# nginx reverse proxy: keepalive pool to the upstream, access log to a file
+nginx_conf "$TMP/nginx" "
+    access_log $TMP/nginx/logs/access.log;
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+
+# `user root` only makes sense (and is only accepted) when we are root.
+if [[ $(id -u) != 0 ]]; then
+    sed -i '/^user root;$/d' "$TMP/upstream/nginx.conf" "$TMP/nginx/nginx.conf"
+fi
+
+start_nginx() { # dir -> sets NGINX_PID; pin prefix in remaining args
+    local dir=$1; shift
+    "$@" nginx -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" \
+        >"$dir/logs/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+}
+
+say "starting upstream nginx on 127.0.0.1:$UP_PORT"
+start_nginx "$TMP/upstream" "${LOAD_PIN[@]}"
+UP_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$UP_PORT/" upstream "$UP_PID" || {
+    cat "$TMP/upstream/logs/"*.log >&2; die "upstream nginx did not start"; }
+
+say "starting nginx proxy on 127.0.0.1:$NGX_PORT"
+start_nginx "$TMP/nginx" "${PROXY_PIN[@]}"
+NGX_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$NGX_PORT/" "nginx proxy" "$NGX_PID" || {
+    cat "$TMP/nginx/logs/"*.log >&2; die "nginx proxy did not start"; }
+
+# ---------------------------------------------------------------- wasmgate
+mkdir -p "$TMP/wasmgate"
+cat >"$TMP/wasmgate/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$WG_PORT"
+workers = 1
+
+[upstreams.backend]
+targets = [{ addr = "127.0.0.1:$UP_PORT" }]
+
+[[routes]]
+path = "/{*rest}"
+upstream = "backend"
+EOF
+say "starting wasmgate on 127.0.0.1:$WG_PORT"
+"${PROXY_PIN[@]}" "$WASMGATE" run -c "$TMP/wasmgate/gateway.toml" \
+    >"$TMP/wasmgate/access.log" 2>"$TMP/wasmgate/stderr.log" &
+WG_PID=$!
+PIDS+=("$WG_PID")
+for _ in $(seq 100); do
+    grep -q "listening on http://" "$TMP/wasmgate/stderr.log" 2>/dev/null && break
+    kill -0 "$WG_PID" 2>/dev/null || break
+    sleep 0.1
+done
+wait_http "http://127.0.0.1:$WG_PORT/" wasmgate "$WG_PID" || {
+    cat "$TMP/wasmgate/stderr.log" >&2; die "wasmgate did not start"; }
+
+# ---------------------------------------------------------------- measurement helpers
+children_of() { # pid -> direct children pids
+    cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$'
+}
+ticks() { # pids... -> utime+stime summed (clock ticks)
+    local total=0 pid rest
+    for pid in "$@"; do
+        # field 2 (comm) may contain spaces; cut everything up to the last ')'
+        rest=$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null) || continue
+        # after comm: field 3 is state => utime (14) and stime (15) are items 12 and 13
+        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+    done
+    echo "$total"
+}
+rss_kb() { awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
+
+# process set whose CPU is charged to a target, and the pid whose RSS is shown
+cpu_pids() {
+    case "$1" in
+        upstream) echo "$UP_PID" $(children_of "$UP_PID") ;;
+        nginx) echo "$NGX_PID" $(children_of "$NGX_PID") ;;
+        wasmgate) echo "$WG_PID" ;;
+    esac
+}
+rss_pid() {
+    case "$1" in
+        upstream) children_of "$UP_PID" | head -1 ;;
+        nginx) children_of "$NGX_PID" | head -1 ;;
+        wasmgate) echo "$WG_PID" ;;
+    esac
+}
+url_of() {
+    case "$1" in
+        upstream) echo "http://127.0.0.1:$UP_PORT/" ;;
+        nginx) echo "http://127.0.0.1:$NGX_PORT/" ;;
+        wasmgate) echo "http://127.0.0.1:$WG_PORT/" ;;
+    esac
+}
+label_of() {
+    case "$1" in
+        upstream) echo "upstream (direct)" ;;
+        nginx) echo "nginx proxy" ;;
+        wasmgate) echo "wasmgate" ;;
+    esac
+}
+
+# latency string from wrk ("812.00us", "1.23ms", "1.01s") -> milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+
+RESULTS=()
+run_wrk() { # target round
+    local target=$1 round=$2 url pids ours before after ours0 ours1 m0 m1 t0 t1 wrk_s
+    local out reqs rps p50 p99 errs cpu rss other
+    url=$(url_of "$target")
+    pids=$(cpu_pids "$target")
+    ours="$pids"
+    [[ "$target" != upstream ]] && ours="$ours $(cpu_pids upstream)"
+    kill -0 $pids 2>/dev/null || die "$target is no longer running"
+    m0=$(machine_busy); t0=$(date +%s.%N); ours0=$(ticks $ours)
+    before=$(ticks $pids)
+    { TIMEFORMAT='%3U %3S'; time "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+        --latency "$url" >"$TMP/wrk-$target-$round.txt" 2>&1; } 2>"$TMP/time-$target-$round.txt"
+    after=$(ticks $pids)
+    ours1=$(ticks $ours); t1=$(date +%s.%N); m1=$(machine_busy)
+    out=$(<"$TMP/wrk-$target-$round.txt")
+    wrk_s=$(awk '{print $1 + $2}' "$TMP/time-$target-$round.txt")
+    # CPU used by anything but wrk, the upstream and the proxy under test, as % of all cores
+    other=$(awk -v m=$((m1 - m0)) -v o=$((ours1 - ours0)) -v w="$wrk_s" -v hz="$CLK_TCK" \
+        -v t="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" -v n="$NCPU" \
+        'BEGIN { x = (m / hz - o / hz - w) / (t * n) * 100; if (x < 0) x = 0; printf "%.0f", x }')
+    reqs=$(awk '/requests in/ {print $1; exit}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END {print n + 0}' <<<"$out")
+    if [[ -z "$reqs" || -z "$rps" || "$reqs" == 0 ]]; then
+        say "wrk against $target failed:"
+        printf '%s\n' "$out" >&2
+        RESULTS+=("$round|$(label_of "$target")|-|-|-|-|-|-|-")
+        return
+    fi
+    cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
+    rss=$(awk -v k="$(rss_kb "$(rss_pid "$target")")" 'BEGIN {printf "%.1f", k / 1024}')
+    p50=$(to_ms "$p50"); p99=$(to_ms "$p99")
+    printf '   %-18s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
+        "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other" >&2
+    RESULTS+=("$round|$(label_of "$target")|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
+}
+
+# whole-machine busy clock ticks since boot (user+nice+system+irq+softirq+steal)
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# whole-machine CPU busy % over one second (anything else running skews the numbers)
+busy_pct() {
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        busy = y[1] - x[1]; all = busy + y[2] - x[2]
+        printf "%.0f", (all > 0) ? (100 * busy / all) : 0 }'
+}
+
+# ---------------------------------------------------------------- runs
+BUSY_BEFORE=$(busy_pct)
+waited=0
+while ((BUSY_BEFORE > 10 && waited < IDLE_WAIT)); do
+    say "machine is ${BUSY_BEFORE}% busy with other work; waiting (IDLE_WAIT=$IDLE_WAIT)"
+    sleep 4; waited=$((waited + 5))
+    BUSY_BEFORE=$(busy_pct)
+done
+((BUSY_BEFORE > 10)) && say "WARNING: machine is ${BUSY_BEFORE}% busy with other work; numbers will be skewed"
+if [[ "$WARMUP" != 0 ]]; then
+    say "warm-up ($WARMUP each, not recorded)"
+    for target in upstream nginx wasmgate; do
+        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$(url_of "$target")" >/dev/null 2>&1
+    done
+fi
+
+say "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s)"
+run_wrk upstream 1
+for round in $(seq "$ROUNDS"); do
+    run_wrk nginx "$round"
+    run_wrk wasmgate "$round"
+done
+
+BUSY_AFTER=$(busy_pct)
+
+# both proxies logged every request?
+ngx_lines=$(wc -l <"$TMP/nginx/logs/access.log" 2>/dev/null || echo 0)
+wg_lines=$(wc -l <"$TMP/wasmgate/access.log" 2>/dev/null || echo 0)
+
+# ---------------------------------------------------------------- table
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $NCPU CPU(s), CLK_TCK=$CLK_TCK; $PIN_NOTE"
+echo "access-log lines written: nginx $ngx_lines, wasmgate $wg_lines"
+echo "other CPU load (1 s sample, whole machine): ${BUSY_BEFORE}% before the runs, ${BUSY_AFTER}% after"
+echo "wasmgate: $BUILD_INFO"
+echo
+printf '| %-5s | %-18s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+    round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------- ----------: \
+    ---------: ---------: -----------: ---------: -------: --------:
+for row in "${RESULTS[@]}"; do
+    IFS='|' read -r round target rps p50 p99 cpu rss errs other <<<"$row"
+    printf '| %-5s | %-18s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+        "$round" "$target" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
+done
+echo
+echo "cpu us/req: utime+stime of the proxy (nginx: master+worker; wasmgate: all threads) / requests."
+echo "upstream (direct) row: cpu and rss are the upstream nginx's own, no proxy in the path."
+echo "other %: CPU used during the run by anything but wrk, the upstream and the proxy, as % of all"
+echo "         cores (e.g. a compiler running next to the benchmark); rows with a high value are suspect."
+exit 0
