@@ -159,6 +159,10 @@ mod tests {
         assert!(p.record_failure(&t, 1, 0).is_some());
         assert_eq!(p.record_failure(&t, 2, 0), None, "50% of 4 are already out");
         let t = targets(4);
-        assert_eq!(policy(1, 0).record_failure(&t, 0, 0), None, "0% turns ejection off");
+        assert_eq!(
+            policy(1, 0).record_failure(&t, 0, 0),
+            None,
+            "0% turns ejection off"
+        );
     }
 }

@@ -1,0 +1,179 @@
+//! The access log: one JSON line per request, batched in memory and written by a background
+//! thread, so a request costs a short formatting step and no system call.
+//!
+//! A request appends its line to a shared buffer; the writer thread sleeps until the buffer
+//! stops being empty (one wake-up per batch, not per line), waits a moment for the batch to
+//! grow, and writes it out. If the sink cannot keep up and the buffer passes
+//! [`MAX_PENDING`], lines are dropped and counted rather than slowing requests down.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Condvar, Mutex};
+
+/// How long the writer lets a batch grow after its first line.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// Past this many unwritten bytes, new lines are dropped.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
+
+struct Pending {
+    buffer: Vec<u8>,
+    dropped: u64,
+    /// The writer holds a batch it has not finished writing.
+    writing: bool,
+    closed: bool,
+}
+
+pub struct AccessLog {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    flushed: Condvar,
+}
+
+static LOG: OnceLock<&'static AccessLog> = OnceLock::new();
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `sink` and makes it the process's access log.
+    pub fn install(sink: Box<dyn Write + Send>) {
+        let log: &'static AccessLog = Box::leak(Box::new(AccessLog {
+            pending: Mutex::new(Pending {
+                buffer: Vec::with_capacity(64 * 1024),
+                dropped: 0,
+                writing: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            flushed: Condvar::new(),
+        }));
+        if LOG.set(log).is_ok() {
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || log.run(sink));
+            if let Err(err) = spawned {
+                tracing::error!("cannot start the access-log writer, access log is off: {err}");
+            }
+        }
+    }
+
+    /// Appends one line, built by `write` into a reused per-thread buffer.
+    pub fn record(write: impl FnOnce(&mut Vec<u8>)) {
+        let Some(log) = LOG.get() else {
+            return;
+        };
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            write(line);
+            line.push(b'\n');
+            let mut pending = log.pending.lock();
+            if pending.buffer.len() + line.len() > MAX_PENDING {
+                pending.dropped += 1;
+                return;
+            }
+            let was_empty = pending.buffer.is_empty();
+            pending.buffer.extend_from_slice(line);
+            if was_empty {
+                log.wake.notify_one();
+            }
+        });
+    }
+
+    /// Writes out everything recorded so far (at shutdown), waiting at most `timeout`.
+    pub fn flush(timeout: Duration) {
+        let Some(log) = LOG.get() else {
+            return;
+        };
+        let mut pending = log.pending.lock();
+        pending.closed = true;
+        log.wake.notify_one();
+        let _ = log.flushed.wait_while_for(
+            &mut pending,
+            |p| !p.buffer.is_empty() || p.writing,
+            timeout,
+        );
+    }
+
+    fn run(&self, mut sink: Box<dyn Write + Send>) {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        loop {
+            let dropped = {
+                let mut pending = self.pending.lock();
+                self.wake
+                    .wait_while(&mut pending, |p| p.buffer.is_empty() && !p.closed);
+                if pending.closed && pending.buffer.is_empty() {
+                    return;
+                }
+                if !pending.closed {
+                    // Let the batch grow; requests keep appending meanwhile.
+                    drop(pending);
+                    std::thread::sleep(BATCH_WINDOW);
+                    pending = self.pending.lock();
+                }
+                std::mem::swap(&mut pending.buffer, &mut batch);
+                pending.writing = true;
+                std::mem::take(&mut pending.dropped)
+            };
+            if dropped > 0 {
+                tracing::warn!(dropped, "access log cannot keep up; lines dropped");
+            }
+            if let Err(err) = sink.write_all(&batch).and_then(|()| sink.flush()) {
+                eprintln!("access log write failed: {err}");
+            }
+            batch.clear();
+            self.pending.lock().writing = false;
+            self.flushed.notify_all();
+        }
+    }
+}
+
+/// Writes `value` as a JSON string (quotes included).
+pub fn json_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                let _ = write!(out, "\\u{b:04x}");
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// RFC 3339 UTC with microseconds, as a JSON string.
+pub fn json_time(out: &mut Vec<u8>, time: SystemTime) {
+    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(time));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut out = Vec::new();
+        json_str(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(String::from_utf8(out).unwrap(), r#""a\"b\\c\nd\u0001é""#);
+        let parsed: String = serde_json::from_str(r#""a\"b\\c\nd\u0001é""#).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
+    }
+}

@@ -1,0 +1,98 @@
+//! Logs: human-readable diagnostics on stderr (tracing), and one JSON access-log line per
+//! request on stdout, batched and written by a background thread ([`access_log`]) so the
+//! request path never waits for I/O.
+
+pub mod access_log;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderValue, Method, Request};
+use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use crate::proxy::body::OnBodyEnd;
+use access_log::{AccessLog, json_str, json_time};
+
+/// Flushes the access log when dropped (at the end of `main`).
+pub struct LogGuard;
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        AccessLog::flush(Duration::from_secs(2));
+    }
+}
+
+/// Installs the diagnostics subscriber and the access log. Keep the guard alive.
+pub fn init() -> LogGuard {
+    let filter = EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let diagnostics = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry().with(diagnostics).try_init();
+    AccessLog::install(Box::new(std::io::stdout()));
+    LogGuard
+}
+
+/// What the access log says about one request; written when the response body ends.
+pub struct AccessRecord {
+    start: Instant,
+    time: SystemTime,
+    client_ip: IpAddr,
+    method: Method,
+    path: String,
+    request_id: HeaderValue,
+    pub route: Option<Arc<str>>,
+    pub status: u16,
+    pub upstream: Option<Arc<str>>,
+    pub attempts: u32,
+    pub error: Option<&'static str>,
+}
+
+impl AccessRecord {
+    pub fn new<B>(client_ip: IpAddr, request: &Request<B>, request_id: HeaderValue) -> Self {
+        AccessRecord {
+            start: Instant::now(),
+            time: SystemTime::now(),
+            client_ip,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            request_id,
+            route: None,
+            status: 0,
+            upstream: None,
+            attempts: 0,
+            error: None,
+        }
+    }
+}
+
+impl OnBodyEnd for AccessRecord {
+    fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
+        let latency_us = self.start.elapsed().as_micros() as u64;
+        AccessLog::record(|out| {
+            use std::io::Write;
+            out.extend_from_slice(b"{\"timestamp\":");
+            json_time(out, self.time);
+            let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", self.client_ip);
+            json_str(out, self.method.as_str());
+            out.extend_from_slice(b",\"path\":");
+            json_str(out, &self.path);
+            out.extend_from_slice(b",\"route\":");
+            json_str(out, self.route.as_deref().unwrap_or(""));
+            let _ = write!(out, ",\"status\":{},\"upstream\":", self.status);
+            json_str(out, self.upstream.as_deref().unwrap_or(""));
+            let _ = write!(
+                out,
+                ",\"attempts\":{},\"latency_us\":{latency_us},\"bytes\":{bytes},\"complete\":{complete},\"request_id\":",
+                self.attempts
+            );
+            json_str(out, self.request_id.to_str().unwrap_or(""));
+            out.extend_from_slice(b",\"error\":");
+            json_str(out, self.error.unwrap_or(""));
+            out.push(b'}');
+        });
+    }
+}
