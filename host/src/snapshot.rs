@@ -17,7 +17,7 @@ use crate::error::ConfigErrors;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
 use crate::server::tls;
-use crate::upstream::{ClientCache, SmoothRoundRobin, Upstream};
+use crate::upstream::{SmoothRoundRobin, TransportCache, Upstream};
 
 pub struct Snapshot {
     pub router: Router<Arc<Route>>,
@@ -106,10 +106,11 @@ impl Snapshot {
             );
         }
 
-        let mut clients = ClientCache::default();
+        let mut transports = TransportCache::default();
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
-            if let Some(built) = Upstream::build(name, upstream, &mut diagnostics, &mut clients) {
+            if let Some(built) = Upstream::build(name, upstream, &mut diagnostics, &mut transports)
+            {
                 upstreams.insert(name.clone(), Arc::new(built));
             }
         }

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
-use crate::upstream::InFlightGuard;
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -313,8 +313,8 @@ pub struct ResponseBody {
     /// End of the whole exchange; the timer is armed only when the upstream makes us wait.
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Keeps the target's in-flight count (least-request balancing) until the body is over.
-    in_flight: Option<InFlightGuard>,
+    /// The exchange's hold on its target and connection, released when the body is over.
+    lease: Option<Lease>,
 }
 
 enum ResponseInner {
@@ -330,13 +330,13 @@ impl ResponseBody {
             on_end: None,
             deadline: None,
             timer: None,
-            in_flight: None,
+            lease: None,
         }
     }
 
-    /// Counts the exchange against its target until the body is over.
-    pub fn with_in_flight(mut self, guard: InFlightGuard) -> Self {
-        self.in_flight = Some(guard);
+    /// Holds `lease` until the body is over; a body read to its end gives the connection back.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
         self
     }
 
@@ -353,7 +353,7 @@ impl ResponseBody {
             on_end: None,
             deadline: None,
             timer: None,
-            in_flight: None,
+            lease: None,
         }
     }
 
@@ -366,7 +366,11 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, complete: bool) {
-        self.in_flight = None;
+        if let Some(lease) = self.lease.take()
+            && complete
+        {
+            lease.release();
+        }
         if let Some(on_end) = self.on_end.take() {
             on_end.on_end(self.bytes, complete);
         }

@@ -17,41 +17,57 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// including every header the `Connection` header names. `TE: trailers` is kept when the next
 /// hop speaks HTTP/2 (gRPC needs it); `Upgrade` is kept for upgrade requests and 101 responses.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
-    // Names listed in Connection are usually absent; avoid allocating unless there are some.
-    let named: Vec<HeaderName> = headers
+    // Most messages carry none of these, or just `Connection: keep-alive`: look before touching
+    // the map (every removal hashes, present or not).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| {
-            let token = token.trim();
-            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
-                None
-            } else {
-                HeaderName::from_bytes(token.as_bytes()).ok()
-            }
-        })
-        .collect();
-    for name in named {
-        headers.remove(name);
+        .map(str::trim)
+    {
+        // Connection options that are not header names, or are removed below anyway.
+        if ["close", "keep-alive", "upgrade", "te", ""]
+            .iter()
+            .any(|option| token.eq_ignore_ascii_case(option))
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            doomed.push(name);
+        }
     }
     let te_is_trailers = keep_te_trailers
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
-        headers.remove(header::TE);
+    for name in headers.keys() {
+        let kept =
+            (*name == header::TE && te_is_trailers) || (keep_upgrade && *name == header::UPGRADE);
+        if is_hop_by_hop(name) && !kept {
+            doomed.push(name.clone());
+        }
     }
-    headers.remove(header::CONNECTION);
+    for name in doomed {
+        headers.remove(name);
+    }
     if keep_upgrade && headers.contains_key(header::UPGRADE) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in which case the

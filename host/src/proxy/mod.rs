@@ -13,17 +13,17 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::error::{ErrorKind, ProxyError, Side, find_in_chain};
+use crate::error::{ErrorKind, ProxyError, Side};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
-use crate::upstream::{InFlightGuard, Upstream};
-use body::{BodyTooLarge, ClientBodyError, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
+use crate::upstream::{Lease, Upstream};
+use body::{LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
 /// `framing_error` is the connection's verdict on this request's HTTP/1 framing (see
@@ -113,7 +113,7 @@ async fn proxy(
     };
     // The whole exchange, retries and the response body included, ends by this deadline.
     let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
-    let (mut response, in_flight) = forward(&upstream, parts, body, deadline, record).await?;
+    let (mut response, lease) = forward(&upstream, parts, body, deadline, record).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
             Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response, &conn.tasks)),
@@ -129,7 +129,7 @@ async fn proxy(
         parts,
         ResponseBody::upstream(body)
             .with_deadline(deadline)
-            .with_in_flight(in_flight),
+            .with_lease(lease),
     ))
 }
 
@@ -262,13 +262,8 @@ fn prepare_upstream_request(
             })?
         }
     };
-    // The authority is filled in per attempt, once a target is chosen.
+    // The transport completes the URI and sets the version for the target's protocol.
     parts.uri = Uri::from(path_and_query);
-    parts.version = if http2_upstream {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
     Ok(())
 }
 
@@ -279,7 +274,7 @@ async fn forward(
     body: RequestBody,
     deadline: Instant,
     record: &mut AccessRecord,
-) -> Result<(Response<Incoming>, InFlightGuard), ProxyError> {
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let policy = &upstream.retry;
     policy.record_request();
     // The first attempt's body is a replay of the original, so every attempt is alike.
@@ -288,11 +283,6 @@ async fn forward(
         other => (Some(other), None),
     };
     let mut tried: Vec<usize> = Vec::new();
-    let scheme = if upstream.protocol.is_tls() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
     loop {
         let Some(index) = upstream.pick(&parts.headers, &tried) else {
             return Err(ProxyError::new(
@@ -300,7 +290,7 @@ async fn forward(
                 format!("upstream `{}` has no available target", upstream.name),
             ));
         };
-        let target = upstream.targets[index].clone();
+        let target = &upstream.targets[index];
         tried.push(index);
         record.attempts += 1;
         record.upstream = Some(target.addr.clone());
@@ -317,34 +307,27 @@ async fn forward(
             },
             (None, None) => RequestBody::Empty,
         };
-        let mut request = Request::from_parts(parts.clone(), body);
-        let mut uri_parts = parts.uri.clone().into_parts();
-        uri_parts.scheme = Some(scheme.clone());
-        uri_parts.authority = Some(target.authority.clone());
-        *request.uri_mut() = Uri::from_parts(uri_parts).map_err(|err| {
-            ProxyError::new(ErrorKind::Internal, "cannot build upstream URI").with_source(err)
-        })?;
+        let request = Request::from_parts(parts.clone(), body);
 
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_try = policy
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
-        let in_flight = target.start_request();
-        let outcome = match tokio::time::timeout(per_try, upstream.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(classify_client_error(err, &target.addr)),
-            Err(_) => Err(ProxyError::new(
-                ErrorKind::UpstreamTimeout,
-                format!(
-                    "no response from {} within {}ms",
-                    target.addr,
-                    per_try.as_millis()
-                ),
-            )),
-        };
+        let outcome =
+            match tokio::time::timeout(per_try, upstream.transport.send(target, request)).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "no response from {} within {}ms",
+                        target.addr,
+                        per_try.as_millis()
+                    ),
+                )),
+            };
 
         let failed = match &outcome {
-            Ok(response) => response.status().is_server_error(),
+            Ok((response, _)) => response.status().is_server_error(),
             Err(error) => error.side == Side::Upstream,
         };
         upstream.record_outcome(index, failed);
@@ -356,7 +339,7 @@ async fn forward(
         };
         let retry = retries_done < policy.attempts
             && match &outcome {
-                Ok(response) => {
+                Ok((response, _)) => {
                     policy.retries_status(response.status(), &parts.method, body_replayable)
                 }
                 Err(error) => policy.retries_error(error, &parts.method, body_replayable),
@@ -364,39 +347,10 @@ async fn forward(
             && policy.take_budget(outcome.as_ref().err());
         let pause = policy.backoff(record.attempts);
         if !retry || Instant::now() + pause >= deadline {
-            return outcome.map(|response| (response, in_flight));
+            return outcome;
         }
-        drop(in_flight);
         tracing::debug!(upstream = %upstream.name, target = %target.addr, attempt = record.attempts, "retrying");
+        drop(outcome);
         tokio::time::sleep(pause).await;
     }
-}
-
-/// What a hyper-util client error means for the proxy: which side, and whether anything was sent.
-fn classify_client_error(err: hyper_util::client::legacy::Error, target: &str) -> ProxyError {
-    if let Some(too_large) = find_in_chain::<BodyTooLarge>(&err) {
-        let message = too_large.to_string();
-        return ProxyError::new(ErrorKind::BodyTooLarge, message);
-    }
-    if find_in_chain::<ClientBodyError>(&err).is_some() {
-        return ProxyError::new(ErrorKind::ClientBody, "the client's request body failed")
-            .with_source(err);
-    }
-    if err.is_connect() {
-        let timed_out = find_in_chain::<std::io::Error>(&err)
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        let kind = if timed_out {
-            ErrorKind::ConnectTimeout
-        } else {
-            ErrorKind::ConnectFailed
-        };
-        return ProxyError::new(kind, format!("cannot connect to {target}")).with_source(err);
-    }
-    let parse_error = find_in_chain::<hyper::Error>(&err).is_some_and(hyper::Error::is_parse);
-    let kind = if parse_error {
-        ErrorKind::UpstreamProtocol
-    } else {
-        ErrorKind::UpstreamReset
-    };
-    ProxyError::new(kind, format!("exchange with {target} failed")).with_source(err)
 }

@@ -144,6 +144,14 @@ impl FramingGuard {
                 .count();
         }
         let data = &data[skipped..];
+        // Usually a whole head arrives in one read: judge it in place, without copying.
+        if self.line.is_empty()
+            && !data.starts_with(b"PRI * HTTP/2.0")
+            && let Some(end) = find_head_end(data)
+        {
+            self.judge(&data[..end]);
+            return skipped + end;
+        }
         let search_from = self.line.len().saturating_sub(3);
         self.line.extend_from_slice(data);
         if self.line.starts_with(b"PRI * HTTP/2.0") {

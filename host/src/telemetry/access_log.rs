@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -135,6 +136,12 @@ impl AccessLog {
 pub fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     let bytes = value.as_bytes();
+    // Paths, ids and names almost never need escaping: copy them in one go.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -159,14 +166,84 @@ pub fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// RFC 3339 UTC with microseconds, as a JSON string.
+/// Writes an integer.
+pub fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes an IP address as a JSON string.
+pub fn json_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            out.push(b'"');
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                json_int(out, octet);
+            }
+            out.push(b'"');
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "\"{v6}\"");
+        }
+    }
+}
+
+thread_local! {
+    /// `YYYY-MM-DDTHH:MM:SS` of the last second formatted on this thread.
+    static SECOND: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// RFC 3339 UTC with microseconds, as a JSON string. The date and time of day are formatted
+/// once per second per thread.
 pub fn json_time(out: &mut Vec<u8>, time: SystemTime) {
-    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(time));
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    out.push(b'"');
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != seconds {
+            *cached = seconds;
+            text.clear();
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            let _ = write!(text, "{}", humantime::format_rfc3339_seconds(whole));
+            text.pop(); // the trailing `Z`
+        }
+        out.extend_from_slice(text);
+    });
+    let micros = since_epoch.subsec_micros();
+    let mut digits = [b'0'; 7];
+    digits[0] = b'.';
+    let mut rest = micros;
+    for slot in digits[1..].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.extend_from_slice(b"Z\"");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_and_ips() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_000_000_123_456);
+        let mut out = Vec::new();
+        json_time(&mut out, time);
+        json_time(&mut out, time + Duration::from_micros(1));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#""2026-11-30T00:53:20.123456Z""2026-11-30T00:53:20.123457Z""#
+        );
+        let mut out = Vec::new();
+        json_ip(&mut out, "10.0.200.7".parse().unwrap());
+        json_ip(&mut out, "::1".parse().unwrap());
+        assert_eq!(String::from_utf8(out).unwrap(), r#""10.0.200.7""::1""#);
+    }
 
     #[test]
     fn strings_are_escaped() {

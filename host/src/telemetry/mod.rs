@@ -13,7 +13,7 @@ use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 use crate::proxy::body::OnBodyEnd;
-use access_log::{AccessLog, json_str, json_time};
+use access_log::{AccessLog, json_int, json_ip, json_str, json_time};
 
 /// Flushes the access log when dropped (at the end of `main`).
 pub struct LogGuard;
@@ -73,22 +73,32 @@ impl OnBodyEnd for AccessRecord {
     fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
         let latency_us = self.start.elapsed().as_micros() as u64;
         AccessLog::record(|out| {
-            use std::io::Write;
             out.extend_from_slice(b"{\"timestamp\":");
             json_time(out, self.time);
-            let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", self.client_ip);
+            out.extend_from_slice(b",\"client_ip\":");
+            json_ip(out, self.client_ip);
+            out.extend_from_slice(b",\"method\":");
             json_str(out, self.method.as_str());
             out.extend_from_slice(b",\"path\":");
             json_str(out, &self.path);
             out.extend_from_slice(b",\"route\":");
             json_str(out, self.route.as_deref().unwrap_or(""));
-            let _ = write!(out, ",\"status\":{},\"upstream\":", self.status);
+            out.extend_from_slice(b",\"status\":");
+            json_int(out, self.status);
+            out.extend_from_slice(b",\"upstream\":");
             json_str(out, self.upstream.as_deref().unwrap_or(""));
-            let _ = write!(
-                out,
-                ",\"attempts\":{},\"latency_us\":{latency_us},\"bytes\":{bytes},\"complete\":{complete},\"request_id\":",
-                self.attempts
-            );
+            out.extend_from_slice(b",\"attempts\":");
+            json_int(out, self.attempts);
+            out.extend_from_slice(b",\"latency_us\":");
+            json_int(out, latency_us);
+            out.extend_from_slice(b",\"bytes\":");
+            json_int(out, bytes);
+            out.extend_from_slice(if complete {
+                b",\"complete\":true"
+            } else {
+                b",\"complete\":false"
+            });
+            out.extend_from_slice(b",\"request_id\":");
             json_str(out, self.request_id.to_str().unwrap_or(""));
             out.extend_from_slice(b",\"error\":");
             json_str(out, self.error.unwrap_or(""));

@@ -6,11 +6,11 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Uri, header};
 use tracing::{info, warn};
 
-use super::Upstream;
+use super::{Target, Upstream};
 use crate::config::HealthCheckConfig;
 use crate::proxy::body::RequestBody;
 
@@ -93,39 +93,36 @@ fn results_reason(streak: &i64) -> String {
 
 async fn probe(
     upstream: &Upstream,
-    target: &super::Target,
+    target: &Arc<Target>,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let scheme = if upstream.protocol.is_tls() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(target.authority.clone())
-        .path_and_query(check.path.clone())
-        .build()
-        .map_err(|err| err.to_string())?;
     let mut request = Request::new(RequestBody::empty());
     *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    if upstream.protocol.is_http2() {
-        *request.version_mut() = http::Version::HTTP_2;
-    } else if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
-        request.headers_mut().insert(header::HOST, host);
-    }
+    *request.uri_mut() = Uri::from(check.path.clone());
     request.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("wasmgate-health-check"),
     );
-    let response = tokio::time::timeout(check.timeout, upstream.client.request(request))
+    let exchange = async {
+        let (response, lease) = upstream
+            .transport
+            .send(target, request)
+            .await
+            .map_err(|err| err.to_string())?;
+        let status = response.status();
+        // Read the (small) body so the connection can go back to the pool.
+        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+        if http_body_util::BodyExt::collect(body).await.is_ok() {
+            lease.release();
+        }
+        Ok::<_, String>(status)
+    };
+    let status = tokio::time::timeout(check.timeout, exchange)
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|err| err.to_string())?;
-    if response.status().as_u16() < 400 {
+        .map_err(|_| "timed out".to_owned())??;
+    if status.as_u16() < 400 {
         Ok(())
     } else {
-        Err(format!("status {}", response.status()))
+        Err(format!("status {status}"))
     }
 }

@@ -2,10 +2,10 @@
 //! known about their health.
 
 mod balance;
-mod client;
 mod health;
 mod outlier;
 mod target;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +15,10 @@ use http::{HeaderMap, HeaderName};
 pub use balance::{
     Balancer, ConsistentHash, LeastRequest, PickContext, SmoothRoundRobin, WeightedRandom,
 };
-pub use client::{ClientCache, ClientKey, UpstreamClient, UpstreamResponse};
 pub use health::HealthCheck;
 pub use outlier::OutlierPolicy;
 pub use target::{InFlightGuard, Target, clock_ms};
+pub use transport::{Lease, Transport, TransportCache, TransportKey};
 
 use crate::config::{Diagnostics, Protocol, Spanned, UpstreamConfig};
 use crate::proxy::retry::RetryPolicy;
@@ -29,7 +29,7 @@ pub struct Upstream {
     balancer: Box<dyn Balancer>,
     /// For `hash:header:NAME` balancing.
     hash_header: Option<HeaderName>,
-    pub client: Arc<UpstreamClient>,
+    pub transport: Arc<Transport>,
     pub protocol: Protocol,
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -70,7 +70,7 @@ impl Upstream {
         name: &str,
         config: &Spanned<UpstreamConfig>,
         diagnostics: &mut Diagnostics,
-        clients: &mut ClientCache,
+        transports: &mut TransportCache,
     ) -> Option<Upstream> {
         let span = config.span();
         let config = config.get_ref();
@@ -137,8 +137,8 @@ impl Upstream {
                 "`tls` settings need protocol \"https\" or \"h2\"".into(),
             );
         }
-        let client = clients
-            .get_or_build(ClientKey {
+        let transport = transports
+            .get_or_build(TransportKey {
                 protocol: config.protocol,
                 connect_timeout: config.connect_timeout.get(),
                 ca_file,
@@ -146,7 +146,7 @@ impl Upstream {
             .map_err(|message| fail(diagnostics, span.clone(), message))
             .ok();
 
-        let (Some(balance), Some(client), Some(retry)) = (balance, client, retry) else {
+        let (Some(balance), Some(transport), Some(retry)) = (balance, transport, retry) else {
             return None;
         };
         if diagnostics.error_count() > errors_before {
@@ -165,7 +165,7 @@ impl Upstream {
             targets,
             balancer,
             hash_header,
-            client,
+            transport,
             protocol: config.protocol,
             timeout: config.timeout.get(),
             retry,

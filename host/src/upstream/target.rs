@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use http::uri::Authority;
 
+use super::transport::ConnectionPool;
+
 /// Milliseconds since the process started: a cheap monotonic clock for deadlines kept in atomics.
 pub fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -22,6 +24,8 @@ pub struct Target {
     pub authority: Authority,
     pub weight: u32,
     pub state: TargetState,
+    /// Idle connections to this target.
+    pub pool: ConnectionPool,
 }
 
 #[derive(Debug)]
@@ -67,6 +71,7 @@ impl Target {
             authority,
             weight: weight.max(1),
             state: TargetState::default(),
+            pool: ConnectionPool::default(),
         })
     }
 
