@@ -175,6 +175,20 @@ impl FramingGuard {
     }
 
     fn judge(&mut self, head: &[u8]) {
+        // Most requests (GET, HEAD, ...) carry neither header: they have no body and nothing
+        // to judge, and a scan of the line starts is much cheaper than a parse.
+        if !mentions_framing(head) {
+            let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            if !request_line.trim_ascii_end().ends_with(b" HTTP/1.1")
+                && !request_line.trim_ascii_end().ends_with(b" HTTP/1.0")
+            {
+                self.state = State::Off;
+                return;
+            }
+            self.verdicts.push_back(None);
+            self.state = State::Head;
+            return;
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -222,6 +236,19 @@ impl FramingGuard {
             }
         };
     }
+}
+
+/// Whether any header line of `head` starts with `Content-Length` or `Transfer-Encoding`.
+fn mentions_framing(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        let starts =
+            |name: &[u8]| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name);
+        match line.first() {
+            Some(b'c' | b'C') => starts(b"content-length"),
+            Some(b't' | b'T') => starts(b"transfer-encoding"),
+            _ => false,
+        }
+    })
 }
 
 /// Position just past the `\r\n\r\n` (or `\n\n`) that ends a head.
