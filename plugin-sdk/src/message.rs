@@ -1,0 +1,337 @@
+//! [`Request`] and [`Response`]: what a plugin sees. In the gateway they are handles to the
+//! gateway's own data (each call reads or changes one part); in native tests they wrap a
+//! [`TestRequest`] or [`TestResponse`].
+
+use crate::bindings::wasmgate::plugin::http;
+use crate::testing::{TestRequest, TestResponse};
+
+enum RequestRef<'a> {
+    Host(&'a http::Request),
+    Test(&'a mut TestRequest),
+}
+
+/// The request being handled.
+pub struct Request<'a> {
+    inner: RequestRef<'a>,
+}
+
+enum ResponseRef<'a> {
+    Host(&'a http::Response),
+    Test(&'a mut TestResponse),
+}
+
+/// The response being returned.
+pub struct Response<'a> {
+    inner: ResponseRef<'a>,
+}
+
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.and_then(|b| String::from_utf8(b).ok())
+}
+
+impl<'a> Request<'a> {
+    pub(crate) fn host(request: &'a http::Request) -> Self {
+        Request {
+            inner: RequestRef::Host(request),
+        }
+    }
+
+    pub(crate) fn test(request: &'a mut TestRequest) -> Self {
+        Request {
+            inner: RequestRef::Test(request),
+        }
+    }
+
+    pub fn method(&self) -> String {
+        match &self.inner {
+            RequestRef::Host(r) => r.method(),
+            RequestRef::Test(t) => t.method.clone(),
+        }
+    }
+
+    pub fn set_method(&mut self, method: &str) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.set_method(method),
+            RequestRef::Test(t) => {
+                t.method = method.to_owned();
+                Ok(())
+            }
+        }
+    }
+
+    /// The path without the query (percent-encoded, as received).
+    pub fn path(&self) -> String {
+        match &self.inner {
+            RequestRef::Host(r) => r.path(),
+            RequestRef::Test(t) => t.path.clone(),
+        }
+    }
+
+    pub fn set_path(&mut self, path: &str) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.set_path(path),
+            RequestRef::Test(t) => {
+                if !path.starts_with('/') {
+                    return Err(format!("path `{path}` must start with `/`"));
+                }
+                t.path = path.to_owned();
+                Ok(())
+            }
+        }
+    }
+
+    /// The query string without `?`.
+    pub fn query(&self) -> Option<String> {
+        match &self.inner {
+            RequestRef::Host(r) => r.query(),
+            RequestRef::Test(t) => t.query.clone(),
+        }
+    }
+
+    pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.set_query(query),
+            RequestRef::Test(t) => {
+                t.query = query.map(str::to_owned);
+                Ok(())
+            }
+        }
+    }
+
+    /// First value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match &self.inner {
+            RequestRef::Host(r) => r.header(name),
+            RequestRef::Test(t) => t.headers.first(name),
+        }
+    }
+
+    /// First value of a header, if it is UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        text(self.header(name))
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        match &self.inner {
+            RequestRef::Host(r) => r.header_all(name),
+            RequestRef::Test(t) => t.headers.all(name),
+        }
+    }
+
+    pub fn header_names(&self) -> Vec<String> {
+        match &self.inner {
+            RequestRef::Host(r) => r.header_names(),
+            RequestRef::Test(t) => t.headers.names(),
+        }
+    }
+
+    /// Replaces every value of the header.
+    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.set_header(name, value.as_ref()),
+            RequestRef::Test(t) => t.headers.set(name, value.as_ref()),
+        }
+    }
+
+    pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.append_header(name, value.as_ref()),
+            RequestRef::Test(t) => t.headers.append(name, value.as_ref()),
+        }
+    }
+
+    pub fn remove_header(&mut self, name: &str) {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.remove_header(name),
+            RequestRef::Test(t) => t.headers.remove(name),
+        }
+    }
+
+    /// The whole body; `None` unless [`Capabilities::request_body`](crate::Capabilities) was declared.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        match &self.inner {
+            RequestRef::Host(r) => r.body(),
+            RequestRef::Test(t) => t.body.clone(),
+        }
+    }
+
+    pub fn set_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            RequestRef::Host(r) => r.set_body(body.as_ref()),
+            RequestRef::Test(t) => {
+                t.body = Some(body.as_ref().to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// The client's address (after the gateway's `trusted_proxies`).
+    pub fn client_ip(&self) -> String {
+        match &self.inner {
+            RequestRef::Host(r) => r.client_ip(),
+            RequestRef::Test(t) => t.client_ip.clone(),
+        }
+    }
+
+    /// The route's name, or `#N` for unnamed routes.
+    pub fn route(&self) -> String {
+        match &self.inner {
+            RequestRef::Host(r) => r.route(),
+            RequestRef::Test(t) => t.route.clone(),
+        }
+    }
+
+    pub fn request_id(&self) -> String {
+        match &self.inner {
+            RequestRef::Host(r) => r.request_id(),
+            RequestRef::Test(t) => t.request_id.clone(),
+        }
+    }
+
+    /// A context value set earlier in this request's chain (`ctx:NAME`).
+    pub fn ctx(&self, name: &str) -> Option<String> {
+        match &self.inner {
+            RequestRef::Host(_) => http::ctx_get(name),
+            RequestRef::Test(t) => t.ctx.get(name).cloned(),
+        }
+    }
+
+    /// Sets a context value for later plugins, the rate limiter, templates and the access log.
+    pub fn set_ctx(&mut self, name: &str, value: &str) {
+        match &mut self.inner {
+            RequestRef::Host(_) => http::ctx_set(name, value),
+            RequestRef::Test(t) => {
+                t.ctx.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+}
+
+impl<'a> Response<'a> {
+    pub(crate) fn host(response: &'a http::Response) -> Self {
+        Response {
+            inner: ResponseRef::Host(response),
+        }
+    }
+
+    pub(crate) fn test(response: &'a mut TestResponse) -> Self {
+        Response {
+            inner: ResponseRef::Test(response),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match &self.inner {
+            ResponseRef::Host(r) => r.status(),
+            ResponseRef::Test(t) => t.status,
+        }
+    }
+
+    pub fn set_status(&mut self, status: u16) -> Result<(), String> {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.set_status(status),
+            ResponseRef::Test(t) => {
+                if !(100..=999).contains(&status) {
+                    return Err(format!("{status} is not an HTTP status"));
+                }
+                t.status = status;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.header(name),
+            ResponseRef::Test(t) => t.headers.first(name),
+        }
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        text(self.header(name))
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.header_all(name),
+            ResponseRef::Test(t) => t.headers.all(name),
+        }
+    }
+
+    pub fn header_names(&self) -> Vec<String> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.header_names(),
+            ResponseRef::Test(t) => t.headers.names(),
+        }
+    }
+
+    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.set_header(name, value.as_ref()),
+            ResponseRef::Test(t) => t.headers.set(name, value.as_ref()),
+        }
+    }
+
+    pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.append_header(name, value.as_ref()),
+            ResponseRef::Test(t) => t.headers.append(name, value.as_ref()),
+        }
+    }
+
+    pub fn remove_header(&mut self, name: &str) {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.remove_header(name),
+            ResponseRef::Test(t) => t.headers.remove(name),
+        }
+    }
+
+    /// The whole body; `None` unless [`Capabilities::response_body`](crate::Capabilities) was declared.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.body(),
+            ResponseRef::Test(t) => t.body.clone(),
+        }
+    }
+
+    pub fn set_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.set_body(body.as_ref()),
+            ResponseRef::Test(t) => {
+                t.body = Some(body.as_ref().to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    pub fn trailer(&self, name: &str) -> Option<Vec<u8>> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.trailer(name),
+            ResponseRef::Test(t) => t.trailers.first(name),
+        }
+    }
+
+    pub fn set_trailer(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.set_trailer(name, value.as_ref()),
+            ResponseRef::Test(t) => t.trailers.set(name, value.as_ref()),
+        }
+    }
+
+    /// A context value of this request (`ctx:NAME`).
+    pub fn ctx(&self, name: &str) -> Option<String> {
+        match &self.inner {
+            ResponseRef::Host(_) => http::ctx_get(name),
+            ResponseRef::Test(t) => t.ctx.get(name).cloned(),
+        }
+    }
+
+    pub fn set_ctx(&mut self, name: &str, value: &str) {
+        match &mut self.inner {
+            ResponseRef::Host(_) => http::ctx_set(name, value),
+            ResponseRef::Test(t) => {
+                t.ctx.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+}
