@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -14,6 +14,7 @@ use crate::config::{
     Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, parse_trusted_proxy,
 };
 use crate::error::ConfigErrors;
+use crate::plugin;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
 use crate::server::tls;
@@ -48,6 +49,8 @@ pub struct Route {
     pub rewrite: Option<RewriteTemplate>,
     pub host_rewrite: Option<HeaderValue>,
     pub timeout: Option<Duration>,
+    /// The route's plugins, request phase in order, response phase in reverse.
+    pub plugins: plugin::PluginChain,
 }
 
 pub enum Backend {
@@ -99,12 +102,7 @@ impl Snapshot {
                 "server.admin: the admin API is not available in this build yet",
             );
         }
-        for (name, plugin) in &config.plugins {
-            diagnostics.error(
-                plugin.span(),
-                format!("plugins.{name}: WebAssembly plugins are not available in this build yet"),
-            );
-        }
+        let plugins = plugin::load_plugins(&config.plugins, &mut diagnostics);
 
         let mut transports = TransportCache::default();
         let mut upstreams = BTreeMap::new();
@@ -118,9 +116,14 @@ impl Snapshot {
         let mut specs = Vec::new();
         let mut spans = Vec::new();
         for (index, route) in config.routes.iter().enumerate() {
-            if let Some(spec) =
-                build_route(index, route.get_ref(), config, &upstreams, &mut diagnostics)
-            {
+            if let Some(spec) = build_route(
+                index,
+                route.get_ref(),
+                config,
+                &upstreams,
+                &plugins,
+                &mut diagnostics,
+            ) {
                 specs.push(spec);
                 spans.push(route.get_ref().path.span());
             }
@@ -224,6 +227,7 @@ fn build_route(
     route: &RouteConfig,
     config: &Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    plugins: &plugin::Plugins,
     diagnostics: &mut Diagnostics,
 ) -> Option<RouteSpec<Arc<Route>>> {
     let errors_before = diagnostics.error_count();
@@ -364,17 +368,47 @@ fn build_route(
             "rate limiting is not available in this build yet".into(),
         );
     }
-    for plugin in &route.plugins {
-        let name = plugin.get_ref().name.get_ref();
-        if !config.plugins.contains_key(name) {
-            error(
+    // Each plugin of the route with this route's config; `init` runs now, so a config the
+    // plugin rejects is reported like any other config error.
+    let mut uses = Vec::new();
+    let mut use_spans = Vec::new();
+    for plugin_use in &route.plugins {
+        let plugin_use = plugin_use.get_ref();
+        let name = plugin_use.name.get_ref();
+        let Some((spec, pre)) = plugins.get(name) else {
+            if !config.plugins.contains_key(name) {
+                error(
+                    diagnostics,
+                    plugin_use.name.span(),
+                    format!("unknown plugin `{name}`"),
+                );
+            }
+            continue;
+        };
+        match plugin::resolve_config(&plugin_use.config, diagnostics.source()) {
+            Ok(json) => {
+                uses.push((spec.clone(), pre.clone(), json));
+                use_spans.push(plugin_use.name.span());
+            }
+            Err(message) => error(
                 diagnostics,
-                plugin.get_ref().name.span(),
-                format!("unknown plugin `{name}`"),
-            );
+                plugin_use.name.span(),
+                format!("plugin `{name}` config: {message}"),
+            ),
         }
     }
-    let backend = backend?;
+    let plugins = if diagnostics.error_count() > errors_before {
+        None
+    } else {
+        match plugin::PluginChain::build(uses) {
+            Ok(chain) => Some(chain),
+            Err((index, message)) => {
+                error(diagnostics, use_spans[index].clone(), message);
+                None
+            }
+        }
+    };
+    let (backend, plugins) = (backend?, plugins?);
     if diagnostics.error_count() > errors_before {
         return None;
     }
@@ -388,6 +422,7 @@ fn build_route(
             rewrite,
             host_rewrite,
             timeout: route.timeout.map(|t| t.get()),
+            plugins,
         }),
     })
 }

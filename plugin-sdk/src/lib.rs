@@ -188,8 +188,16 @@ pub mod __private {
     use crate::bindings::wasmgate::plugin::http;
     use crate::{Action, Plugin, Request, Response};
 
-    pub fn init<P: Plugin>(slot: &RefCell<Option<P>>, config: &str) -> Result<wit::Capabilities, String> {
-        let config: P::Config = serde_json::from_str(config).map_err(|err| format!("invalid config: {err}"))?;
+    pub fn init<P: Plugin>(
+        slot: &RefCell<Option<P>>,
+        config: &str,
+    ) -> Result<wit::Capabilities, String> {
+        // A panic's message goes to the gateway's log (plugins have no standard error).
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::error(&format!("panic: {info}"))
+        }));
+        let config: P::Config =
+            serde_json::from_str(config).map_err(|err| format!("invalid config: {err}"))?;
         let plugin = P::new(config)?;
         let capabilities = plugin.capabilities();
         *slot.borrow_mut() = Some(plugin);
@@ -199,7 +207,10 @@ pub mod __private {
         })
     }
 
-    pub fn on_request<P: Plugin>(slot: &RefCell<Option<P>>, request: &http::Request) -> wit::Action {
+    pub fn on_request<P: Plugin>(
+        slot: &RefCell<Option<P>>,
+        request: &http::Request,
+    ) -> wit::Action {
         let mut slot = slot.borrow_mut();
         let Some(plugin) = slot.as_mut() else {
             return wit::Action::Respond(wit::Reply {
@@ -260,7 +271,7 @@ macro_rules! export_plugin {
 
             // Native builds (tests with the harness) have no component exports to make.
             #[cfg(target_arch = "wasm32")]
-            $crate::bindings::export_plugin_bindings!(Export with_types_in $crate::bindings);
+    $crate::bindings::export_plugin_bindings!(Export with_types_in $crate::bindings);
         };
     };
 }

@@ -18,7 +18,11 @@ fn valid_name(name: &str) -> Result<String, String> {
         && lower
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok { Ok(lower) } else { Err(format!("`{name}` is not a valid header name")) }
+    if ok {
+        Ok(lower)
+    } else {
+        Err(format!("`{name}` is not a valid header name"))
+    }
 }
 
 fn valid_value(value: &[u8]) -> Result<(), String> {
@@ -136,7 +140,9 @@ impl TestRequest {
     }
 
     pub fn header_str(&self, name: &str) -> Option<String> {
-        self.headers.first(name).and_then(|v| String::from_utf8(v).ok())
+        self.headers
+            .first(name)
+            .and_then(|v| String::from_utf8(v).ok())
     }
 }
 
@@ -174,7 +180,9 @@ impl TestResponse {
     }
 
     pub fn header_str(&self, name: &str) -> Option<String> {
-        self.headers.first(name).and_then(|v| String::from_utf8(v).ok())
+        self.headers
+            .first(name)
+            .and_then(|v| String::from_utf8(v).ok())
     }
 }
 
@@ -188,7 +196,8 @@ pub struct Harness<P: Plugin> {
 impl<P: Plugin> Harness<P> {
     /// Creates the plugin from `config` (the route's `config` table as JSON).
     pub fn new(config: &str) -> Result<Self, String> {
-        let config: P::Config = serde_json::from_str(config).map_err(|err| format!("invalid config: {err}"))?;
+        let config: P::Config =
+            serde_json::from_str(config).map_err(|err| format!("invalid config: {err}"))?;
         let plugin = P::new(config)?;
         let capabilities = plugin.capabilities();
         Ok(Harness {
@@ -205,7 +214,11 @@ impl<P: Plugin> Harness<P> {
     /// Runs `on_request`. As in the gateway, a plugin that did not declare `request_body`
     /// sees no body.
     pub fn on_request(&mut self, request: &mut TestRequest) -> Action {
-        let hidden = if self.capabilities.request_body { None } else { request.body.take() };
+        let hidden = if self.capabilities.request_body {
+            None
+        } else {
+            request.body.take()
+        };
         let action = self.plugin.on_request(&mut Request::test(request));
         if let Some(body) = hidden {
             request.body.get_or_insert(body);
@@ -215,7 +228,11 @@ impl<P: Plugin> Harness<P> {
 
     /// Runs `on_response`, hiding the body unless `response_body` was declared.
     pub fn on_response(&mut self, response: &mut TestResponse) {
-        let hidden = if self.capabilities.response_body { None } else { response.body.take() };
+        let hidden = if self.capabilities.response_body {
+            None
+        } else {
+            response.body.take()
+        };
         self.plugin.on_response(&mut Response::test(response));
         if let Some(body) = hidden {
             response.body.get_or_insert(body);

@@ -7,6 +7,7 @@ mod balancing;
 mod cli;
 mod forwarding;
 mod limits;
+mod plugins;
 mod resilience;
 mod tls;
 mod upgrade;

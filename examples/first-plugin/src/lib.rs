@@ -34,9 +34,9 @@ impl Plugin for FirstPlugin {
 
     fn on_request(&mut self, request: &mut Request<'_>) -> Action {
         if request.header_str("x-block").as_deref() == Some("1") {
-            return Action::Respond(
-                Reply::new(403).json(&serde_json::json!({ "error": "blocked", "message": "blocked by first-plugin" })),
-            );
+            return Action::Respond(Reply::new(403).json(
+                &serde_json::json!({ "error": "blocked", "message": "blocked by first-plugin" }),
+            ));
         }
         Action::Continue
     }
@@ -80,9 +80,13 @@ mod tests {
 
     #[test]
     fn rejects_an_empty_header_name() {
-        let err = Harness::<FirstPlugin>::new(r#"{"header": "", "value": "x"}"#).err().unwrap();
+        let err = Harness::<FirstPlugin>::new(r#"{"header": "", "value": "x"}"#)
+            .err()
+            .unwrap();
         assert!(err.contains("must not be empty"), "{err}");
-        let err = Harness::<FirstPlugin>::new(r#"{"value": "x"}"#).err().unwrap();
+        let err = Harness::<FirstPlugin>::new(r#"{"value": "x"}"#)
+            .err()
+            .unwrap();
         assert!(err.contains("missing field `header`"), "{err}");
     }
 }

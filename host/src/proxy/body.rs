@@ -258,6 +258,8 @@ impl Body for ReplayBody {
 /// What the gateway sends upstream.
 pub enum RequestBody {
     Empty,
+    /// A whole body (buffered for plugins); each attempt sends a copy (`Bytes` is shared).
+    Full(Option<Bytes>),
     Stream(LimitedIncoming),
     Replay(ReplayBody),
 }
@@ -278,6 +280,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
             RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
         }
@@ -286,6 +289,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(bytes) => bytes.is_none(),
             RequestBody::Stream(body) => body.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
         }
@@ -294,6 +298,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestBody::Stream(body) => body.size_hint(),
             RequestBody::Replay(body) => body.size_hint(),
         }
@@ -319,7 +326,8 @@ pub struct ResponseBody {
 
 enum ResponseInner {
     Upstream(Incoming),
-    Full(Option<Bytes>),
+    /// A whole body (error pages, plugin replies, bodies plugins rewrote) and its trailers.
+    Full(Option<Bytes>, Option<HeaderMap>),
 }
 
 impl ResponseBody {
@@ -332,6 +340,14 @@ impl ResponseBody {
             timer: None,
             lease: None,
         }
+    }
+
+    /// Trailers after a whole body.
+    pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
+        if let ResponseInner::Full(_, slot) = &mut self.inner {
+            *slot = trailers;
+        }
+        self
     }
 
     /// Holds `lease` until the body is over; a body read to its end gives the connection back.
@@ -348,7 +364,7 @@ impl ResponseBody {
 
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody {
-            inner: ResponseInner::Full((!bytes.is_empty()).then_some(bytes)),
+            inner: ResponseInner::Full((!bytes.is_empty()).then_some(bytes), None),
             bytes: 0,
             on_end: None,
             deadline: None,
@@ -414,7 +430,10 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(Box::new(ResponseTimedOut))));
                 }
             },
-            ResponseInner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            ResponseInner::Full(bytes, trailers) => match bytes.take() {
+                Some(bytes) => Some(Ok(Frame::data(bytes))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            },
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -431,14 +450,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             ResponseInner::Upstream(body) => body.is_end_stream(),
-            ResponseInner::Full(bytes) => bytes.is_none(),
+            ResponseInner::Full(bytes, trailers) => bytes.is_none() && trailers.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ResponseInner::Upstream(body) => body.size_hint(),
-            ResponseInner::Full(bytes) => {
+            ResponseInner::Full(bytes, _) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }

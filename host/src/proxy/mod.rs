@@ -5,9 +5,11 @@
 
 pub mod body;
 pub mod headers;
+mod plugins;
 pub mod retry;
 mod upgrade;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +26,7 @@ use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
 use crate::upstream::{Lease, Upstream};
 use body::{LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
+use plugins::AfterRequest;
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
 /// `framing_error` is the connection's verdict on this request's HTTP/1 framing (see
@@ -40,7 +43,7 @@ pub async fn serve(
     let mut record = AccessRecord::new(client_ip, &request, request_id.clone());
     let result = match framing_error {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
-        None => proxy(&snapshot, &conn, request, &mut record).await,
+        None => proxy(&snapshot, &conn, client_ip, request, &mut record).await,
     };
     let mut response = match result {
         Ok(response) => response,
@@ -79,6 +82,7 @@ pub async fn serve(
 async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
+    client_ip: IpAddr,
     mut request: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -88,7 +92,51 @@ async fn proxy(
     let upstream = route.backend.choose().clone();
     let client_upgrade =
         upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    let (parts, incoming) = request.into_parts();
+
+    // Request phase of the route's plugins (they see the client's request as received).
+    let (mut parts, buffered, incoming, rewritten_path, ran) = if route.plugins.is_empty() {
+        (parts, None, Some(incoming), rewritten_path, 0)
+    } else {
+        let identity = (
+            Arc::from(client_ip.to_string()),
+            route.name.clone(),
+            record.request_id().clone(),
+        );
+        let after = plugins::request_phase(
+            &route.plugins,
+            parts,
+            incoming,
+            snapshot.max_body_bytes,
+            identity,
+            &mut record.ctx,
+        )
+        .await?;
+        match after {
+            AfterRequest::Respond { response, ran } => {
+                return plugins::response_phase(
+                    &route.plugins,
+                    ran,
+                    response,
+                    snapshot.max_body_bytes,
+                    &mut record.ctx,
+                )
+                .await;
+            }
+            AfterRequest::Forward {
+                parts,
+                body,
+                incoming,
+                path_changed,
+                ran,
+            } => {
+                // A plugin that set the path decides it; the route's rewrite no longer applies.
+                let rewritten_path = if path_changed { None } else { rewritten_path };
+                (parts, body, incoming, rewritten_path, ran)
+            }
+        }
+    };
+
     prepare_upstream_request(
         &mut parts,
         conn,
@@ -98,18 +146,20 @@ async fn proxy(
         rewritten_path,
         client_upgrade.is_some(),
     )?;
-    let body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        let cap = if upstream.retry.may_replay(&parts.method) {
-            upstream.retry.max_replay_body
-        } else {
-            0
-        };
-        RequestBody::Replay(ReplayBody::new(
-            LimitedIncoming::new(body, snapshot.max_body_bytes),
-            cap,
-        ))
+    let body = match (buffered, incoming) {
+        (Some(bytes), _) => RequestBody::Full(Some(bytes)),
+        (None, Some(incoming)) if !incoming.is_end_stream() => {
+            let cap = if upstream.retry.may_replay(&parts.method) {
+                upstream.retry.max_replay_body
+            } else {
+                0
+            };
+            RequestBody::Replay(ReplayBody::new(
+                LimitedIncoming::new(incoming, snapshot.max_body_bytes),
+                cap,
+            ))
+        }
+        (None, _) => RequestBody::Empty,
     };
     // The whole exchange, retries and the response body included, ends by this deadline.
     let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
@@ -125,12 +175,20 @@ async fn proxy(
     }
     headers::strip_hop_by_hop(response.headers_mut(), false, false);
     let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(
+    let response = Response::from_parts(
         parts,
         ResponseBody::upstream(body)
             .with_deadline(deadline)
             .with_lease(lease),
-    ))
+    );
+    plugins::response_phase(
+        &route.plugins,
+        ran,
+        response,
+        snapshot.max_body_bytes,
+        &mut record.ctx,
+    )
+    .await
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.
@@ -278,9 +336,10 @@ async fn forward(
     let policy = &upstream.retry;
     policy.record_request();
     // The first attempt's body is a replay of the original, so every attempt is alike.
-    let (mut first_body, replay_source) = match body {
-        RequestBody::Replay(replay) => (None, Some(replay)),
-        other => (Some(other), None),
+    let (mut first_body, replay_source, whole_body) = match body {
+        RequestBody::Replay(replay) => (None, Some(replay), None),
+        RequestBody::Full(bytes) => (Some(RequestBody::Full(bytes.clone())), None, bytes),
+        other => (Some(other), None, None),
     };
     let mut tried: Vec<usize> = Vec::new();
     loop {
@@ -305,7 +364,7 @@ async fn forward(
                     ));
                 }
             },
-            (None, None) => RequestBody::Empty,
+            (None, None) => RequestBody::Full(whole_body.clone()),
         };
         let request = Request::from_parts(parts.clone(), body);
 

@@ -49,6 +49,8 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     pub attempts: u32,
     pub error: Option<&'static str>,
+    /// Context values plugins set (`ctx:NAME`).
+    pub ctx: crate::plugin::Context,
 }
 
 impl AccessRecord {
@@ -65,7 +67,14 @@ impl AccessRecord {
             upstream: None,
             attempts: 0,
             error: None,
+            ctx: crate::plugin::Context::new(),
         }
+    }
+}
+
+impl AccessRecord {
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
     }
 }
 
@@ -102,6 +111,18 @@ impl OnBodyEnd for AccessRecord {
             json_str(out, self.request_id.to_str().unwrap_or(""));
             out.extend_from_slice(b",\"error\":");
             json_str(out, self.error.unwrap_or(""));
+            if !self.ctx.is_empty() {
+                out.extend_from_slice(b",\"ctx\":{");
+                for (i, (name, value)) in self.ctx.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json_str(out, name);
+                    out.push(b':');
+                    json_str(out, value);
+                }
+                out.push(b'}');
+            }
             out.push(b'}');
         });
     }

@@ -1,0 +1,467 @@
+//! The gateway's side of the plugin world: the data a call sees (in the store), and the host
+//! functions plugins call through their request/response handles.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../plugin-sdk/wit",
+    with: {
+        "wasmgate:plugin/http.request": RequestHandle,
+        "wasmgate:plugin/http.response": ResponseHandle,
+    },
+});
+
+pub use Plugin as PluginWorld;
+pub use PluginPre as PluginWorldPre;
+pub use exports::wasmgate::plugin::handler::{Action, Reply};
+use wasmgate::plugin::http::{self as api, Level};
+
+/// The request handle's type (the data lives in [`CallState::request`]).
+pub struct RequestHandle;
+/// The response handle's type (the data lives in [`CallState::response`]).
+pub struct ResponseHandle;
+
+/// A plugin may not add more header bytes than this in one call.
+const MAX_HEADER_OUTPUT: usize = 64 * 1024;
+
+/// Per-request context values (`ctx:NAME`), sorted for stable logs.
+pub type Context = BTreeMap<String, String>;
+
+/// The request as the plugin sees it.
+pub struct RequestView {
+    pub parts: http::request::Parts,
+    /// `Some` when some plugin in the chain asked for the request body.
+    pub body: Option<Bytes>,
+    pub body_visible: bool,
+    pub client_ip: Arc<str>,
+    pub route: Arc<str>,
+    pub request_id: HeaderValue,
+}
+
+/// The response as the plugin sees it.
+pub struct ResponseView {
+    pub parts: http::response::Parts,
+    pub body: Option<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    pub body_visible: bool,
+}
+
+/// What a store holds: one plugin instance's state between and during calls.
+pub struct CallState {
+    pub plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub request: Option<RequestView>,
+    pub response: Option<ResponseView>,
+    pub ctx: Context,
+    /// Header bytes the current call has added.
+    header_output: usize,
+}
+
+impl CallState {
+    pub fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+        CallState {
+            plugin,
+            // Nothing granted: no preopened directories, no environment, no network.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            request: None,
+            response: None,
+            ctx: Context::new(),
+            header_output: 0,
+        }
+    }
+
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
+    }
+
+    /// Starts a call: the output budget is per call.
+    pub fn begin_call(&mut self) {
+        self.header_output = 0;
+    }
+
+    fn request(&mut self) -> &mut RequestView {
+        // The handle exists only during `on-request`, when the view is set.
+        self.request.get_or_insert_with(empty_request)
+    }
+
+    fn response(&mut self) -> &mut ResponseView {
+        self.response.get_or_insert_with(empty_response)
+    }
+
+    fn charge(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        self.header_output += name.len() + value.len();
+        if self.header_output > MAX_HEADER_OUTPUT {
+            Err(format!(
+                "plugin header output exceeds {MAX_HEADER_OUTPUT} bytes in one call"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn empty_request() -> RequestView {
+    let (parts, ()) = http::Request::new(()).into_parts();
+    RequestView {
+        parts,
+        body: None,
+        body_visible: false,
+        client_ip: Arc::from(""),
+        route: Arc::from(""),
+        request_id: HeaderValue::from_static(""),
+    }
+}
+
+fn empty_response() -> ResponseView {
+    let (parts, ()) = http::Response::new(()).into_parts();
+    ResponseView {
+        parts,
+        body: None,
+        trailers: None,
+        body_visible: false,
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
+}
+
+fn header_value(value: &[u8]) -> Result<HeaderValue, String> {
+    HeaderValue::from_bytes(value)
+        .map_err(|_| "invalid header value (control characters?)".to_owned())
+}
+
+fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+fn all(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
+}
+
+fn names(headers: &HeaderMap) -> Vec<String> {
+    headers.keys().map(|k| k.as_str().to_owned()).collect()
+}
+
+/// Header names a plugin must not set: they describe the connection or the framing, which
+/// the gateway owns.
+fn reserved(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "te"
+            | "host"
+    )
+}
+
+fn set(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
+    let name = header_name(name)?;
+    if reserved(&name) {
+        return Err(format!("`{name}` is managed by the gateway"));
+    }
+    let value = header_value(value)?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+impl api::Host for CallState {
+    fn ctx_get(&mut self, name: String) -> Option<String> {
+        self.ctx.get(&name).cloned()
+    }
+
+    fn ctx_set(&mut self, name: String, value: String) {
+        if self.ctx.len() < 64 && name.len() <= 128 && value.len() <= 4096 {
+            self.ctx.insert(name, value);
+        } else {
+            tracing::warn!(plugin = %self.plugin, "context value `{name}` dropped: too many or too large");
+        }
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl api::HostRequest for CallState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().parts.method.as_str().to_owned()
+    }
+
+    fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> Result<(), String> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        self.request().parts.method = method;
+        Ok(())
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().parts.uri.path().to_owned()
+    }
+
+    fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+        if !path.starts_with('/') {
+            return Err(format!("path `{path}` must start with `/`"));
+        }
+        let query = self.request().parts.uri.query().map(str::to_owned);
+        set_path_and_query(&mut self.request().parts, &path, query.as_deref())
+    }
+
+    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.request().parts.uri.query().map(str::to_owned)
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        query: Option<String>,
+    ) -> Result<(), String> {
+        let path = self.request().parts.uri.path().to_owned();
+        set_path_and_query(&mut self.request().parts, &path, query.as_deref())
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<Vec<u8>> {
+        first(&self.request().parts.headers, &name)
+    }
+
+    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<Vec<u8>> {
+        all(&self.request().parts.headers, &name)
+    }
+
+    fn header_names(&mut self, _: Resource<RequestHandle>) -> Vec<String> {
+        names(&self.request().parts.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.charge(&name, &value)?;
+        set(&mut self.request().parts.headers, &name, &value, false)
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.charge(&name, &value)?;
+        set(&mut self.request().parts.headers, &name, &value, true)
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
+        if let Ok(name) = header_name(&name)
+            && !reserved(&name)
+        {
+            self.request().parts.headers.remove(name);
+        }
+    }
+
+    fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
+        let request = self.request();
+        if request.body_visible {
+            request.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        }
+    }
+
+    fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) -> Result<(), String> {
+        let request = self.request();
+        if !request.body_visible {
+            return Err("the plugin did not declare `request-body`".into());
+        }
+        request.body = Some(Bytes::from(body));
+        Ok(())
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().client_ip.to_string()
+    }
+
+    fn route(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().route.to_string()
+    }
+
+    fn request_id(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request()
+            .request_id
+            .to_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+fn set_path_and_query(
+    parts: &mut http::request::Parts,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(), String> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut uri_parts = parts.uri.clone().into_parts();
+    uri_parts.path_and_query = Some(
+        text.parse()
+            .map_err(|_| format!("`{text}` is not a valid path and query"))?,
+    );
+    parts.uri = Uri::from_parts(uri_parts).map_err(|err| err.to_string())?;
+    Ok(())
+}
+
+impl api::HostResponse for CallState {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
+        self.response().parts.status.as_u16()
+    }
+
+    fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> Result<(), String> {
+        self.response().parts.status =
+            StatusCode::from_u16(status).map_err(|_| format!("{status} is not an HTTP status"))?;
+        Ok(())
+    }
+
+    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
+        first(&self.response().parts.headers, &name)
+    }
+
+    fn header_all(&mut self, _: Resource<ResponseHandle>, name: String) -> Vec<Vec<u8>> {
+        all(&self.response().parts.headers, &name)
+    }
+
+    fn header_names(&mut self, _: Resource<ResponseHandle>) -> Vec<String> {
+        names(&self.response().parts.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.charge(&name, &value)?;
+        set(&mut self.response().parts.headers, &name, &value, false)
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.charge(&name, &value)?;
+        set(&mut self.response().parts.headers, &name, &value, true)
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
+        if let Ok(name) = header_name(&name)
+            && !reserved(&name)
+        {
+            self.response().parts.headers.remove(name);
+        }
+    }
+
+    fn body(&mut self, _: Resource<ResponseHandle>) -> Option<Vec<u8>> {
+        let response = self.response();
+        if response.body_visible {
+            response.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        }
+    }
+
+    fn set_body(&mut self, _: Resource<ResponseHandle>, body: Vec<u8>) -> Result<(), String> {
+        let response = self.response();
+        if !response.body_visible {
+            return Err("the plugin did not declare `response-body`".into());
+        }
+        response.body = Some(Bytes::from(body));
+        Ok(())
+    }
+
+    fn trailer(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
+        let response = self.response();
+        if !response.body_visible {
+            return None;
+        }
+        response.trailers.as_ref().and_then(|t| first(t, &name))
+    }
+
+    fn set_trailer(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.charge(&name, &value)?;
+        let response = self.response();
+        if !response.body_visible {
+            return Err("the plugin did not declare `response-body`".into());
+        }
+        let name = header_name(&name)?;
+        let value = header_value(&value)?;
+        response
+            .trailers
+            .get_or_insert_with(HeaderMap::new)
+            .insert(name, value);
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}

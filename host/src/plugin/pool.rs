@@ -1,0 +1,205 @@
+//! Instances of one plugin module with one route's config.
+//!
+//! `isolation = "pooled"` (the default) keeps initialised instances and reuses them, one
+//! request at a time each: a call into a warm instance costs about a microsecond, a fresh
+//! instance tens. An instance that trapped is dropped, never reused. `isolation =
+//! "per-request"` instantiates (and initialises) a fresh instance for every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+
+use super::engine::{PluginEngine, ticks};
+use super::host::{
+    Action, CallState, Context, PluginWorld, PluginWorldPre, RequestView, ResponseView,
+};
+use super::{PluginFailure, PluginSpec};
+use crate::config::Isolation;
+
+/// Idle instances kept per pool; more concurrent requests instantiate extra ones.
+const MAX_IDLE: usize = 64;
+/// Time allowed for a plugin's `init` (config parsing), whatever its `time_limit`.
+const INIT_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// The body capabilities a plugin declared.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub request_body: bool,
+    pub response_body: bool,
+}
+
+pub struct InstancePool {
+    pub spec: Arc<PluginSpec>,
+    pre: PluginWorldPre<CallState>,
+    config_json: String,
+    pub needs: Needs,
+    idle: Mutex<Vec<Instance>>,
+}
+
+struct Instance {
+    store: Store<CallState>,
+    world: PluginWorld,
+}
+
+impl InstancePool {
+    /// Creates the pool and its first instance, running the plugin's `init` with `config_json`:
+    /// a plugin that rejects its config fails here (and so `check` and reloads report it).
+    pub fn new(
+        spec: Arc<PluginSpec>,
+        pre: PluginWorldPre<CallState>,
+        config_json: String,
+    ) -> Result<Self, String> {
+        let mut pool = InstancePool {
+            spec,
+            pre,
+            config_json,
+            needs: Needs::default(),
+            idle: Mutex::new(Vec::new()),
+        };
+        let (instance, needs) = pool.instantiate().map_err(|failure| failure.message)?;
+        pool.needs = needs;
+        if pool.spec.isolation == Isolation::Pooled {
+            pool.idle.lock().push(instance);
+        }
+        Ok(pool)
+    }
+
+    fn instantiate(&self) -> Result<(Instance, Needs), PluginFailure> {
+        let engine = PluginEngine::get().map_err(|message| self.failure(message))?;
+        let mut store = Store::new(
+            &engine.engine,
+            CallState::new(self.spec.name.clone(), self.spec.memory_limit),
+        );
+        store.limiter(CallState::limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(INIT_TIME_LIMIT));
+        let world = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|err| self.trap_failure("instantiation failed", &err))?;
+        let capabilities = world
+            .wasmgate_plugin_handler()
+            .call_init(&mut store, &self.config_json)
+            .map_err(|err| self.trap_failure("init failed", &err))?
+            .map_err(|message| {
+                self.failure(format!(
+                    "plugin `{}` rejected its config: {message}",
+                    self.spec.name
+                ))
+            })?;
+        let needs = Needs {
+            request_body: capabilities.request_body,
+            response_body: capabilities.response_body,
+        };
+        Ok((Instance { store, world }, needs))
+    }
+
+    fn checkout(&self) -> Result<Instance, PluginFailure> {
+        if self.spec.isolation == Isolation::Pooled
+            && let Some(instance) = self.idle.lock().pop()
+        {
+            return Ok(instance);
+        }
+        self.instantiate().map(|(instance, _)| instance)
+    }
+
+    fn checkin(&self, instance: Instance) {
+        if self.spec.isolation == Isolation::Pooled {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(instance);
+            }
+        }
+    }
+
+    /// Runs `on-request`. The view and context go into the store for the call and come back
+    /// whatever happens; a trapped instance is dropped.
+    pub fn on_request(
+        &self,
+        view: &mut RequestView,
+        ctx: &mut Context,
+    ) -> Result<Action, PluginFailure> {
+        let mut instance = self.checkout()?;
+        let state = instance.store.data_mut();
+        state.begin_call();
+        state.request = Some(std::mem::replace(view, super::empty_request_view()));
+        state.ctx = std::mem::take(ctx);
+        instance
+            .store
+            .set_epoch_deadline(ticks(self.spec.time_limit));
+        let result = instance
+            .world
+            .wasmgate_plugin_handler()
+            .call_on_request(&mut instance.store, Resource::new_borrow(0));
+        let state = instance.store.data_mut();
+        if let Some(back) = state.request.take() {
+            *view = back;
+        }
+        *ctx = std::mem::take(&mut state.ctx);
+        match result {
+            Ok(action) => {
+                self.checkin(instance);
+                Ok(action)
+            }
+            Err(err) => Err(self.trap_failure("on-request failed", &err)),
+        }
+    }
+
+    /// Runs `on-response`, like [`InstancePool::on_request`].
+    pub fn on_response(
+        &self,
+        view: &mut ResponseView,
+        ctx: &mut Context,
+    ) -> Result<(), PluginFailure> {
+        let mut instance = self.checkout()?;
+        let state = instance.store.data_mut();
+        state.begin_call();
+        state.response = Some(std::mem::replace(view, super::empty_response_view()));
+        state.ctx = std::mem::take(ctx);
+        instance
+            .store
+            .set_epoch_deadline(ticks(self.spec.time_limit));
+        let result = instance
+            .world
+            .wasmgate_plugin_handler()
+            .call_on_response(&mut instance.store, Resource::new_borrow(0));
+        let state = instance.store.data_mut();
+        if let Some(back) = state.response.take() {
+            *view = back;
+        }
+        *ctx = std::mem::take(&mut state.ctx);
+        match result {
+            Ok(()) => {
+                self.checkin(instance);
+                Ok(())
+            }
+            Err(err) => Err(self.trap_failure("on-response failed", &err)),
+        }
+    }
+
+    fn failure(&self, message: String) -> PluginFailure {
+        PluginFailure {
+            plugin: self.spec.name.clone(),
+            message,
+        }
+    }
+
+    /// Names the usual causes of a trap so that logs say what went wrong.
+    fn trap_failure(&self, what: &str, err: &wasmtime::Error) -> PluginFailure {
+        let cause = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => {
+                format!("exceeded its time limit of {:?}", self.spec.time_limit)
+            }
+            Some(wasmtime::Trap::UnreachableCodeReached) => {
+                "trapped (a panic or abort in the plugin)".to_owned()
+            }
+            Some(trap) => format!("trapped: {trap}"),
+            // Not a wasm trap: a host call refused (a WASI function plugins do not get, say).
+            None => format!("failed: {}", err.root_cause()),
+        };
+        self.failure(format!("plugin `{}` {what}: {cause}", self.spec.name))
+    }
+}

@@ -1,0 +1,174 @@
+//! The plugin phases of a request: the route's chain sees the request before it goes upstream
+//! (and may change it or answer it) and the response before it goes back. Bodies are buffered
+//! only when a plugin of the chain declared it reads them, and then only up to
+//! `max_body_bytes`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::body::ResponseBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::plugin::{
+    Context, PluginChain, PluginFailure, Reply, RequestOutcome, RequestView, ResponseView,
+};
+
+/// The request after the request phase.
+pub enum AfterRequest {
+    /// Go upstream with these parts; `body` is `Some` when it was buffered for the plugins.
+    Forward {
+        parts: Parts,
+        body: Option<Bytes>,
+        incoming: Option<Incoming>,
+        /// A plugin changed the path: the route's `rewrite` no longer applies.
+        path_changed: bool,
+        /// Plugins whose `on-response` runs later.
+        ran: usize,
+    },
+    /// A plugin answered; the first `ran` plugins see the response.
+    Respond {
+        response: Response<ResponseBody>,
+        ran: usize,
+    },
+}
+
+fn plugin_error(failure: PluginFailure) -> ProxyError {
+    ProxyError::new(ErrorKind::PluginFailed, failure.message)
+}
+
+pub async fn request_phase(
+    chain: &PluginChain,
+    parts: Parts,
+    incoming: Incoming,
+    max_body_bytes: u64,
+    identity: (Arc<str>, Arc<str>, HeaderValue),
+    ctx: &mut Context,
+) -> Result<AfterRequest, ProxyError> {
+    let (body, incoming) = if chain.needs_request_body() {
+        (Some(collect_request(incoming, max_body_bytes).await?), None)
+    } else {
+        (None, Some(incoming))
+    };
+    let original_path = parts.uri.path().to_owned();
+    let (client_ip, route, request_id) = identity;
+    let mut view = RequestView {
+        parts,
+        body,
+        body_visible: false,
+        client_ip,
+        route,
+        request_id,
+    };
+    match chain.on_request(&mut view, ctx).map_err(plugin_error)? {
+        RequestOutcome::Continue => {
+            let path_changed = view.parts.uri.path() != original_path;
+            if let Some(body) = &view.body {
+                view.parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                view.parts.headers.remove(header::TRANSFER_ENCODING);
+            }
+            Ok(AfterRequest::Forward {
+                parts: view.parts,
+                body: view.body,
+                incoming,
+                path_changed,
+                ran: chain.len(),
+            })
+        }
+        RequestOutcome::Respond { reply, ran } => Ok(AfterRequest::Respond {
+            response: reply_response(reply, &view.parts.headers),
+            ran,
+        }),
+    }
+}
+
+async fn collect_request(incoming: Incoming, max_body_bytes: u64) -> Result<Bytes, ProxyError> {
+    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+    match Limited::new(incoming, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("request body exceeds {max_body_bytes} bytes"),
+        )),
+        Err(err) => Err(
+            ProxyError::new(ErrorKind::ClientBody, "the client's request body failed")
+                .with_source(err),
+        ),
+    }
+}
+
+/// A plugin's direct answer as a response. Headers the gateway cannot send are dropped with
+/// a warning rather than failing the request.
+fn reply_response(reply: Reply, _request_headers: &http::HeaderMap) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in reply.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                response.headers_mut().append(name, value);
+            }
+            _ => tracing::warn!("plugin reply header `{name}` is invalid and was dropped"),
+        }
+    }
+    response
+}
+
+/// Runs the response phase of the first `ran` plugins.
+pub async fn response_phase(
+    chain: &PluginChain,
+    ran: usize,
+    response: Response<ResponseBody>,
+    max_body_bytes: u64,
+    ctx: &mut Context,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if ran == 0 {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let buffer = chain.needs_response_body();
+    let (buffered, trailers, streaming) = if buffer {
+        let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+        let collected = Limited::new(body, limit).collect().await.map_err(|err| {
+            ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                "the upstream's response body could not be read for the plugins",
+            )
+            .with_source(err)
+        })?;
+        let trailers = collected.trailers().cloned();
+        (Some(collected.to_bytes()), trailers, None)
+    } else {
+        (None, None, Some(body))
+    };
+    let mut view = ResponseView {
+        parts,
+        body: buffered,
+        trailers,
+        body_visible: false,
+    };
+    chain
+        .on_response(ran, &mut view, ctx)
+        .map_err(plugin_error)?;
+    let body = match (streaming, view.body) {
+        (Some(streaming), _) => streaming,
+        (None, body) => {
+            let body = body.unwrap_or_default();
+            view.parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            view.parts.headers.remove(header::TRANSFER_ENCODING);
+            ResponseBody::full(body).with_trailers(view.trailers)
+        }
+    };
+    Ok(Response::from_parts(view.parts, body))
+}

@@ -1,0 +1,164 @@
+//! One module, many behaviours, chosen by the route's config (`mode`): the end-to-end tests
+//! attach it several times with different configs.
+//!
+//! Well-behaved modes: `tag` (marks the request and response so tests can see the order, and
+//! passes context values along), `respond` (answers directly), `body` (rewrites both bodies,
+//! declaring that it reads them), `body-undeclared` (tries to touch the body without declaring
+//! it), `route` (echoes its config per route).
+//! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`.
+
+use serde::Deserialize;
+use wasmgate_sdk::{Action, Capabilities, Plugin, Reply, Request, Response};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    mode: String,
+    #[serde(default)]
+    name: String,
+    /// `respond` mode: the status to answer with.
+    #[serde(default)]
+    status: Option<u16>,
+    /// Rejects the config (to test that rejections are reported).
+    #[serde(default)]
+    reject: bool,
+}
+
+pub struct TestPlugin {
+    config: Config,
+}
+
+const MODES: &[&str] = &[
+    "tag",
+    "respond",
+    "body",
+    "body-undeclared",
+    "route",
+    "trap",
+    "panic",
+    "loop",
+    "memory",
+    "huge-header",
+];
+
+impl Plugin for TestPlugin {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.reject {
+            return Err("this config is rejected on purpose".into());
+        }
+        if !MODES.contains(&config.mode.as_str()) {
+            return Err(format!("unknown mode `{}`", config.mode));
+        }
+        Ok(TestPlugin { config })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let body = self.config.mode == "body";
+        Capabilities {
+            request_body: body,
+            response_body: body,
+        }
+    }
+
+    fn on_request(&mut self, request: &mut Request<'_>) -> Action {
+        let name = self.config.name.as_str();
+        match self.config.mode.as_str() {
+            "tag" => {
+                request.append_header("x-chain", name).unwrap();
+                if let Some(previous) = request.ctx("last") {
+                    request
+                        .set_header(&format!("x-ctx-before-{name}"), &previous)
+                        .unwrap();
+                }
+                request.set_ctx("last", name);
+                request.set_ctx(&format!("seen_{name}"), "yes");
+                Action::Continue
+            }
+            "respond" => Action::Respond(
+                Reply::new(self.config.status.unwrap_or(418))
+                    .header("x-answered-by", name)
+                    .body(format!("answered by {name} for {}\n", request.path())),
+            ),
+            "body" => {
+                let body = request.body().unwrap_or_default();
+                request.set_body(body.to_ascii_uppercase()).unwrap();
+                Action::Continue
+            }
+            "body-undeclared" => {
+                let seen = request.body().is_some();
+                let error = request.set_body("nope").err().unwrap_or_default();
+                request
+                    .set_header("x-body-seen", if seen { "yes" } else { "no" })
+                    .unwrap();
+                request.set_header("x-body-error", &error).unwrap();
+                Action::Continue
+            }
+            "route" => {
+                request.set_header("x-route-config", name).unwrap();
+                request
+                    .set_header("x-route-seen", request.route())
+                    .unwrap();
+                Action::Continue
+            }
+            "trap" => trap(),
+            "panic" => panic!("the plugin panics on purpose"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = n.wrapping_add(1);
+                    if n == u64::MAX {
+                        return Action::Continue;
+                    }
+                    std::hint::black_box(n);
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "huge-header" => {
+                let value = "x".repeat(1 << 20);
+                request.set_header("x-huge", &value).unwrap();
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_response(&mut self, response: &mut Response<'_>) {
+        let name = self.config.name.as_str();
+        match self.config.mode.as_str() {
+            "tag" | "respond" => {
+                response.append_header("x-chain-response", name).unwrap();
+                if let Some(seen) = response.ctx(&format!("seen_{name}")) {
+                    response
+                        .set_header(&format!("x-ctx-{name}"), &seen)
+                        .unwrap();
+                }
+            }
+            "body" => {
+                let mut body = response.body().unwrap_or_default();
+                body.extend_from_slice(b"-rewritten");
+                response.set_body(body).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn trap() -> Action {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn trap() -> Action {
+    std::process::abort()
+}
+
+wasmgate_sdk::export_plugin!(TestPlugin);
