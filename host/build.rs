@@ -34,6 +34,7 @@ fn main() {
     for (_, dir) in PLUGIN_CRATES {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    println!("cargo::rustc-check-cfg=cfg(wasmgate_demo_plugin)");
     if env::var_os("WASMGATE_SKIP_PLUGIN_BUILD").is_some() {
         return;
     }
@@ -79,5 +80,9 @@ fn main() {
             "building the plugins for wasm32-wasip2 failed (see above). Is the target installed? \
              `rustup target add wasm32-wasip2` (rust-toolchain.toml lists it)"
         );
+    }
+    // The demo embeds the first plugin when it was built.
+    if out.join("first_plugin.wasm").exists() {
+        println!("cargo:rustc-cfg=wasmgate_demo_plugin");
     }
 }

@@ -26,7 +26,25 @@ pub struct Demo {
 pub async fn start(listen: &str) -> io::Result<Demo> {
     let v1 = spawn_upstream("users-v1").await?;
     let v2 = spawn_upstream("users-v2").await?;
-    let text = demo_config(listen, v1, v2);
+    let mut text = demo_config(listen, v1, v2);
+    if let Some(plugin) = write_demo_plugin()? {
+        text.push_str(&format!(
+            r#"
+# A WebAssembly plugin (examples/first-plugin): adds `x-hello: world` to every response of the
+# route and answers `x-block: 1` requests itself with 403.
+[plugins.hello]
+path = "{}"
+
+[[routes]]
+name = "hello"
+path = "/hello/{{*rest}}"
+upstream = "v1"
+rewrite = "/{{rest}}"
+plugins = [{{ use = "hello", config = {{ header = "x-hello", value = "world" }} }}]
+"#,
+            plugin.display()
+        ));
+    }
     let config = config::load_str(Path::new("<demo>"), text).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         io::Error::other(lines.join("\n"))
@@ -76,6 +94,24 @@ rewrite = "/{{rest}}"
     )
 }
 
+/// The first-plugin example, built by the workspace and embedded in the binary, written to a
+/// temporary file for the demo config to load.
+#[cfg(wasmgate_demo_plugin)]
+fn write_demo_plugin() -> io::Result<Option<std::path::PathBuf>> {
+    const FIRST_PLUGIN: &[u8] =
+        include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/first_plugin.wasm"));
+    let dir = std::env::temp_dir().join(format!("wasmgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("first_plugin.wasm");
+    std::fs::write(&path, FIRST_PLUGIN)?;
+    Ok(Some(path))
+}
+
+#[cfg(not(wasmgate_demo_plugin))]
+fn write_demo_plugin() -> io::Result<Option<std::path::PathBuf>> {
+    Ok(None)
+}
+
 pub fn instructions(addr: SocketAddr) -> String {
     format!(
         "wasmgate demo is listening on http://{addr}\n\
@@ -84,6 +120,8 @@ pub fn instructions(addr: SocketAddr) -> String {
          curl -s -H 'x-canary: 1' http://{addr}/users/42     # always users-v2\n  \
          curl -s http://{addr}/echo/hello?x=1                # rewritten to /hello, balanced 3:1\n  \
          curl -si http://{addr}/nowhere                      # 404 with a JSON body\n  \
+         curl -si http://{addr}/hello/there                  # plugin adds x-hello: world\n  \
+         curl -si -H 'x-block: 1' http://{addr}/hello/there  # plugin answers 403 itself\n  \
          for i in $(seq 20); do curl -s http://{addr}/users/1 | grep -o 'users-v[12]'; done | sort | uniq -c\n\
          Access log lines (JSON) go to stdout; press Ctrl-C to drain and stop."
     )
@@ -156,5 +194,6 @@ mod tests {
             .block_on(async { crate::snapshot::Snapshot::build(&loaded) })
             .unwrap();
         assert_eq!(snapshot.router.len(), 3);
+        assert!(write_demo_plugin().is_ok());
     }
 }

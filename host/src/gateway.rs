@@ -97,13 +97,19 @@ pub fn spawn_reload_on_sighup(path: PathBuf, state: Arc<ArcSwap<Snapshot>>) {
             return;
         };
         while hangup.recv().await.is_some() {
-            match reload(&path, &state) {
-                Ok(()) => tracing::info!(config = %path.display(), "reloaded"),
-                Err(errors) => {
+            // Building a snapshot compiles plugins and runs their init: keep that off the
+            // threads that serve requests.
+            let (path, state) = (path.clone(), state.clone());
+            let result =
+                tokio::task::spawn_blocking(move || reload(&path, &state).map(|()| path)).await;
+            match result {
+                Ok(Ok(path)) => tracing::info!(config = %path.display(), "reloaded"),
+                Ok(Err(errors)) => {
                     for error in &errors.0 {
                         tracing::error!("reload failed, old config stays: {error}");
                     }
                 }
+                Err(err) => tracing::error!("reload failed, old config stays: {err}"),
             }
         }
     });

@@ -138,6 +138,20 @@ async fn demo_serves_its_routes() {
         client.get(&format!("http://{addr}/nowhere")).await.status,
         404
     );
+    // The demo's WebAssembly plugin (examples/first-plugin).
+    let hello = client.get(&format!("http://{addr}/hello/there")).await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.headers["x-hello"], "world");
+    assert_eq!(hello.json()["uri"], "/there");
+    let blocked = client
+        .send(
+            http::Method::GET,
+            &format!("http://{addr}/hello/there"),
+            &[("x-block", "1")],
+            "",
+        )
+        .await;
+    assert_eq!(blocked.status, 403);
     let _ = child.kill();
     let _ = child.wait();
 }

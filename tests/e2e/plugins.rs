@@ -163,6 +163,37 @@ async fn same_module_different_config_per_route() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
+    let upstream = TestUpstream::start("app").await;
+    let plugins = format!(
+        "{}\n[plugins.fresh]\npath = \"{}\"\nisolation = \"per-request\"\n",
+        test_plugin(""),
+        wasm("test_plugins")
+    );
+    let routes = "[[routes]]\npath = \"/pooled\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"count\" } }]\n\n\
+                  [[routes]]\npath = \"/fresh\"\nupstream = \"app\"\nplugins = [{ use = \"fresh\", config = { mode = \"count\" } }]\n";
+    let gateway = GatewayProcess::start(&config(&upstream, &plugins, routes));
+    let client = HttpClient::http1();
+    let calls = |reply: serde_json::Value| {
+        reply["headers"]["x-instance-calls"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Sequential requests reuse the one pooled instance: its count grows.
+    let mut pooled = Vec::new();
+    for _ in 0..4 {
+        pooled.push(calls(client.get(&gateway.url("/pooled")).await.json()));
+    }
+    assert_eq!(pooled, vec![1, 2, 3, 4]);
+    // Per-request isolation: every request meets a fresh instance.
+    for _ in 0..4 {
+        assert_eq!(calls(client.get(&gateway.url("/fresh")).await.json()), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_fail_only_their_own_requests() {
     let upstream = TestUpstream::start("app").await;
     let modes = ["trap", "panic", "loop", "memory", "huge-header"];

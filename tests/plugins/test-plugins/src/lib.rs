@@ -4,7 +4,7 @@
 //! Well-behaved modes: `tag` (marks the request and response so tests can see the order, and
 //! passes context values along), `respond` (answers directly), `body` (rewrites both bodies,
 //! declaring that it reads them), `body-undeclared` (tries to touch the body without declaring
-//! it), `route` (echoes its config per route).
+//! it), `route` (echoes its config per route), `count` (counts the calls its instance saw).
 //! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`.
 
 use serde::Deserialize;
@@ -26,6 +26,8 @@ pub struct Config {
 
 pub struct TestPlugin {
     config: Config,
+    /// `count` mode: calls seen by this instance (pooled instances keep it across requests).
+    calls: u64,
 }
 
 const MODES: &[&str] = &[
@@ -34,6 +36,7 @@ const MODES: &[&str] = &[
     "body",
     "body-undeclared",
     "route",
+    "count",
     "trap",
     "panic",
     "loop",
@@ -51,7 +54,7 @@ impl Plugin for TestPlugin {
         if !MODES.contains(&config.mode.as_str()) {
             return Err(format!("unknown mode `{}`", config.mode));
         }
-        Ok(TestPlugin { config })
+        Ok(TestPlugin { config, calls: 0 })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -97,8 +100,13 @@ impl Plugin for TestPlugin {
             }
             "route" => {
                 request.set_header("x-route-config", name).unwrap();
+                request.set_header("x-route-seen", request.route()).unwrap();
+                Action::Continue
+            }
+            "count" => {
+                self.calls += 1;
                 request
-                    .set_header("x-route-seen", request.route())
+                    .set_header("x-instance-calls", self.calls.to_string())
                     .unwrap();
                 Action::Continue
             }
