@@ -64,18 +64,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(loaded) => loaded,
         Err(errors) => return print_errors(&ConfigErrors(errors)),
     };
-    // Building clients needs no runtime, but keep one around for anything that spawns.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(async { Snapshot::build(&loaded) }) {
+    // The same build as `run` (plugins compiled, their init run), without sockets.
+    match Snapshot::build(&loaded) {
         Ok(snapshot) => {
             println!(
                 "{}: ok ({} routes, {} upstreams)",
@@ -113,11 +103,12 @@ fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Built before the runtime runs anything: compiling plugins blocks.
+    let snapshot = match Snapshot::build(&loaded) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => return print_errors(&errors),
+    };
     runtime.block_on(async move {
-        let snapshot = match Snapshot::build(&loaded) {
-            Ok(snapshot) => snapshot,
-            Err(errors) => return print_errors(&errors),
-        };
         let gateway = match Gateway::bind(snapshot) {
             Ok(gateway) => gateway,
             Err(err) => {
