@@ -119,7 +119,7 @@ impl CallState {
     }
 }
 
-fn empty_request() -> RequestView {
+pub(crate) fn empty_request() -> RequestView {
     let (parts, ()) = http::Request::new(()).into_parts();
     RequestView {
         parts,
@@ -131,7 +131,7 @@ fn empty_request() -> RequestView {
     }
 }
 
-fn empty_response() -> ResponseView {
+pub(crate) fn empty_response() -> ResponseView {
     let (parts, ()) = http::Response::new(()).into_parts();
     ResponseView {
         parts,

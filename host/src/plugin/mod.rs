@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use config::resolve_config;
 pub use host::{Action, Context, Reply, RequestView, ResponseView};
+pub(crate) use host::{empty_request, empty_response};
 use pool::InstancePool;
 
 use crate::config::{Diagnostics, Isolation, OnError, PluginConfig, Size, Spanned};
@@ -215,27 +216,5 @@ impl ChainLink {
             }
             OnError::Deny => Err(failure),
         }
-    }
-}
-
-pub(crate) fn empty_request_view() -> RequestView {
-    let (parts, ()) = http::Request::new(()).into_parts();
-    RequestView {
-        parts,
-        body: None,
-        body_visible: false,
-        client_ip: Arc::from(""),
-        route: Arc::from(""),
-        request_id: http::HeaderValue::from_static(""),
-    }
-}
-
-pub(crate) fn empty_response_view() -> ResponseView {
-    let (parts, ()) = http::Response::new(()).into_parts();
-    ResponseView {
-        parts,
-        body: None,
-        trailers: None,
-        body_visible: false,
     }
 }

@@ -122,30 +122,26 @@ impl InstancePool {
         view: &mut RequestView,
         ctx: &mut Context,
     ) -> Result<Action, PluginFailure> {
-        let mut instance = self.checkout()?;
-        let state = instance.store.data_mut();
-        state.begin_call();
-        state.request = Some(std::mem::replace(view, super::empty_request_view()));
-        state.ctx = std::mem::take(ctx);
-        instance
-            .store
-            .set_epoch_deadline(ticks(self.spec.time_limit));
-        let result = instance
-            .world
-            .wasmgate_plugin_handler()
-            .call_on_request(&mut instance.store, Resource::new_borrow(0));
-        let state = instance.store.data_mut();
-        if let Some(back) = state.request.take() {
-            *view = back;
-        }
-        *ctx = std::mem::take(&mut state.ctx);
-        match result {
-            Ok(action) => {
-                self.checkin(instance);
-                Ok(action)
-            }
-            Err(err) => Err(self.trap_failure("on-request failed", &err)),
-        }
+        // Check out first: if that fails, the view has not moved.
+        let instance = self.checkout()?;
+        let lent = std::mem::replace(view, super::empty_request());
+        self.call(
+            instance,
+            "on-request",
+            ctx,
+            |state| state.request = Some(lent),
+            |instance| {
+                instance
+                    .world
+                    .wasmgate_plugin_handler()
+                    .call_on_request(&mut instance.store, Resource::new_borrow(0))
+            },
+            |state| {
+                if let Some(back) = state.request.take() {
+                    *view = back;
+                }
+            },
+        )
     }
 
     /// Runs `on-response`, like [`InstancePool::on_request`].
@@ -154,29 +150,56 @@ impl InstancePool {
         view: &mut ResponseView,
         ctx: &mut Context,
     ) -> Result<(), PluginFailure> {
-        let mut instance = self.checkout()?;
+        let instance = self.checkout()?;
+        let lent = std::mem::replace(view, super::empty_response());
+        self.call(
+            instance,
+            "on-response",
+            ctx,
+            |state| state.response = Some(lent),
+            |instance| {
+                instance
+                    .world
+                    .wasmgate_plugin_handler()
+                    .call_on_response(&mut instance.store, Resource::new_borrow(0))
+            },
+            |state| {
+                if let Some(back) = state.response.take() {
+                    *view = back;
+                }
+            },
+        )
+    }
+
+    /// One call into an instance: lend it the request data (`lend`) and the context, run
+    /// `invoke` within the time limit, take the data back (`reclaim`), and keep the instance
+    /// only if the call did not trap.
+    fn call<R>(
+        &self,
+        mut instance: Instance,
+        what: &str,
+        ctx: &mut Context,
+        lend: impl FnOnce(&mut CallState),
+        invoke: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
+        reclaim: impl FnOnce(&mut CallState),
+    ) -> Result<R, PluginFailure> {
         let state = instance.store.data_mut();
         state.begin_call();
-        state.response = Some(std::mem::replace(view, super::empty_response_view()));
+        lend(state);
         state.ctx = std::mem::take(ctx);
         instance
             .store
             .set_epoch_deadline(ticks(self.spec.time_limit));
-        let result = instance
-            .world
-            .wasmgate_plugin_handler()
-            .call_on_response(&mut instance.store, Resource::new_borrow(0));
+        let result = invoke(&mut instance);
         let state = instance.store.data_mut();
-        if let Some(back) = state.response.take() {
-            *view = back;
-        }
+        reclaim(state);
         *ctx = std::mem::take(&mut state.ctx);
         match result {
-            Ok(()) => {
+            Ok(value) => {
                 self.checkin(instance);
-                Ok(())
+                Ok(value)
             }
-            Err(err) => Err(self.trap_failure("on-response failed", &err)),
+            Err(err) => Err(self.trap_failure(&format!("{what} failed"), &err)),
         }
     }
 
