@@ -187,16 +187,31 @@ async fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
         pooled.push(calls(client.get(&gateway.url("/pooled")).await.json()));
     }
     assert_eq!(pooled, vec![1, 2, 3, 4]);
-    // Per-request isolation: every request meets a fresh instance.
+    // Per-request isolation: every request meets a fresh instance, the same one in both phases.
     for _ in 0..4 {
-        assert_eq!(calls(client.get(&gateway.url("/fresh")).await.json()), 1);
+        let reply = client.get(&gateway.url("/fresh")).await;
+        assert_eq!(reply.headers["x-instance-calls-at-response"], "1");
+        assert_eq!(calls(reply.json()), 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_get_clocks_random_and_an_empty_environment() {
+    let upstream = TestUpstream::start("app").await;
+    let routes = "[[routes]]\npath = \"/std\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"std\" } }]\n";
+    let gateway = GatewayProcess::start(&config(&upstream, &test_plugin(""), routes));
+    let reply = HttpClient::http1().get(&gateway.url("/std")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json()["headers"]["x-std"],
+        "map=1 wall=true mono=true env=false"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_fail_only_their_own_requests() {
     let upstream = TestUpstream::start("app").await;
-    let modes = ["trap", "panic", "loop", "memory", "huge-header"];
+    let modes = ["trap", "panic", "loop", "memory", "huge-header", "print"];
     let mut routes = String::from(
         "[[routes]]\npath = \"/ok\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"tag\", name = \"ok\" } }]\n",
     );

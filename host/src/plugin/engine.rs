@@ -17,6 +17,8 @@ use super::host::{CallState, PluginWorld, PluginWorldPre};
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The largest linear memory a plugin may have, whatever its `memory_limit`.
 pub const MAX_MEMORY: usize = 256 * 1024 * 1024;
+/// Compiled modules remembered for reuse across reloads.
+const MAX_CACHED_MODULES: usize = 64;
 /// Plugin instances (pooled or per request) alive at once, process-wide.
 const MAX_INSTANCES: u32 = 2000;
 
@@ -89,8 +91,7 @@ impl PluginEngine {
         // WASI functions the gateway does not offer (streams, files, sockets) trap when called:
         // that fails the one request, never the gateway.
         let mut linker = self.linker.clone();
-        linker
-            .define_unknown_imports_as_traps(&component)
+        stub_unavailable(&mut linker, &self.engine, &component)
             .map_err(|err| format!("cannot link the plugin: {err:#}"))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|err| {
             format!("the plugin needs imports the gateway does not offer: {err:#}")
@@ -98,15 +99,34 @@ impl PluginEngine {
         let pre = PluginWorldPre::new(instance_pre).map_err(|err| {
             format!("the plugin does not export the wasmgate plugin world: {err:#}")
         })?;
-        self.compiled.lock().insert(hash, pre.clone());
+        let mut compiled = self.compiled.lock();
+        if compiled.len() >= MAX_CACHED_MODULES {
+            // Modules still in use stay alive through the snapshots that hold them; the cache
+            // only saves recompiling, so forgetting some is harmless.
+            compiled.clear();
+        }
+        compiled.insert(hash, pre.clone());
         Ok(pre)
     }
 }
 
-/// The part of WASI a plugin gets: clocks, random numbers, exit, and empty environment and
-/// standard streams. Calls that would block (stream writes, polling) are left out on purpose:
-/// plugins run on the gateway's worker threads and must not block them; they trap instead,
-/// failing that one request. Plugins log through the plugin API.
+/// WASI interfaces plugins get for real (version-independent names). Everything else a
+/// component imports is stubbed by [`stub_unavailable`], which also serves the monotonic
+/// clock's readings.
+const PROVIDED: &[&str] = &[
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasmgate:plugin/http",
+];
+
+/// The part of WASI a plugin gets: wall and monotonic clocks, random numbers, an empty
+/// environment, and exit. No files, no network, no standard streams: those calls would
+/// block a worker thread (and wasmtime-wasi's blocking calls cannot run on one), so they trap
+/// instead, failing that one request. Plugins log through the plugin API.
 fn add_wasi(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::WasiView;
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
@@ -115,7 +135,6 @@ fn add_wasi(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::random::WasiRandom;
 
     clocks::wall_clock::add_to_linker::<CallState, WasiClocks>(linker, |t| t.clocks())?;
-    clocks::monotonic_clock::add_to_linker::<CallState, WasiClocks>(linker, |t| t.clocks())?;
     random::random::add_to_linker::<CallState, WasiRandom>(linker, |t| t.ctx().ctx.random())?;
     random::insecure::add_to_linker::<CallState, WasiRandom>(linker, |t| t.ctx().ctx.random())?;
     random::insecure_seed::add_to_linker::<CallState, WasiRandom>(linker, |t| {
@@ -123,10 +142,67 @@ fn add_wasi(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     })?;
     cli::exit::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
     cli::environment::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
-    cli::stdin::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
-    cli::stdout::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
-    cli::stderr::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
     Ok(())
+}
+
+/// Defines every import of `component` that the gateway does not provide as a function that
+/// traps (and resources that cannot be created). wasmtime's own
+/// `define_unknown_imports_as_traps` would also shadow provided interfaces whose version
+/// differs from the one the plugin was built against (0.2.6 vs 0.2.12), so this skips
+/// provided interfaces by name, whatever their version.
+fn stub_unavailable(
+    linker: &mut Linker<CallState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    use wasmtime::component::{ResourceType, Val};
+
+    struct Unavailable;
+
+    for (import, item) in component.component_type().imports(engine) {
+        let unversioned = import.split('@').next().unwrap_or(import);
+        if PROVIDED.contains(&unversioned) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let mut defined = linker.instance(import)?;
+        for (name, export) in instance.exports(engine) {
+            match export.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{import}#{name}");
+                    let monotonic = unversioned == "wasi:clocks/monotonic-clock";
+                    defined.func_new(name, move |_, _, _, results: &mut [Val]| {
+                        // The monotonic clock's `now` and `resolution` are real; waiting on it
+                        // (`subscribe-*`) is not offered.
+                        if monotonic && what.ends_with("#now") {
+                            results[0] = Val::U64(monotonic_nanos());
+                            return Ok(());
+                        }
+                        if monotonic && what.ends_with("#resolution") {
+                            results[0] = Val::U64(1);
+                            return Ok(());
+                        }
+                        wasmtime::bail!("`{what}` is not available to plugins")
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    defined.resource(name, ResourceType::host::<Unavailable>(), |_, _| Ok(()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Nanoseconds on a monotonic clock (the process's start is zero).
+fn monotonic_nanos() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Ticks for a time limit (at least one).

@@ -178,7 +178,7 @@ fn names(headers: &HeaderMap) -> Vec<String> {
 
 /// Header names a plugin must not set: they describe the connection or the framing, which
 /// the gateway owns.
-fn reserved(name: &HeaderName) -> bool {
+pub fn reserved(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -211,7 +211,8 @@ impl api::Host for CallState {
     }
 
     fn ctx_set(&mut self, name: String, value: String) {
-        if self.ctx.len() < 64 && name.len() <= 128 && value.len() <= 4096 {
+        let room = self.ctx.len() < 64 || self.ctx.contains_key(&name);
+        if room && name.len() <= 128 && value.len() <= 4096 {
             self.ctx.insert(name, value);
         } else {
             tracing::warn!(plugin = %self.plugin, "context value `{name}` dropped: too many or too large");

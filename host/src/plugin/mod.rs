@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::resolve_config;
+pub use host::reserved as reserved_header;
 pub use host::{Action, Context, Reply, RequestView, ResponseView};
 pub(crate) use host::{empty_request, empty_response};
 use pool::InstancePool;
@@ -122,6 +123,12 @@ pub struct PluginChain {
     response_body: bool,
 }
 
+/// One request's passage through a chain: per-request instances live here between the
+/// request and the response phase.
+pub struct ChainCall {
+    held: Vec<pool::Held>,
+}
+
 /// How the request phase ended.
 pub enum RequestOutcome {
     /// Every plugin let the request through.
@@ -154,6 +161,13 @@ impl PluginChain {
         self.links.is_empty()
     }
 
+    /// Starts a request's passage through the chain.
+    pub fn begin(&self) -> ChainCall {
+        ChainCall {
+            held: self.links.iter().map(|_| pool::Held::default()).collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.links.len()
     }
@@ -171,12 +185,13 @@ impl PluginChain {
     /// is skipped (and logged); with `"deny"` its failure ends the request.
     pub fn on_request(
         &self,
+        call: &mut ChainCall,
         view: &mut RequestView,
         ctx: &mut Context,
     ) -> Result<RequestOutcome, PluginFailure> {
-        for (index, link) in self.links.iter().enumerate() {
+        for (index, (link, held)) in self.links.iter().zip(call.held.iter_mut()).enumerate() {
             view.body_visible = link.pool.needs.request_body;
-            match link.pool.on_request(view, ctx) {
+            match link.pool.on_request(view, ctx, held) {
                 Ok(Action::Continue) => {}
                 Ok(Action::Respond(reply)) => {
                     return Ok(RequestOutcome::Respond {
@@ -193,13 +208,15 @@ impl PluginChain {
     /// Runs `on-response` of the first `ran` plugins, in reverse order.
     pub fn on_response(
         &self,
+        call: &mut ChainCall,
         ran: usize,
         view: &mut ResponseView,
         ctx: &mut Context,
     ) -> Result<(), PluginFailure> {
-        for link in self.links[..ran.min(self.links.len())].iter().rev() {
+        let ran = ran.min(self.links.len());
+        for (link, held) in self.links[..ran].iter().zip(call.held.iter_mut()).rev() {
             view.body_visible = link.pool.needs.response_body;
-            if let Err(failure) = link.pool.on_response(view, ctx) {
+            if let Err(failure) = link.pool.on_response(view, ctx, held) {
                 link.failed(failure)?;
             }
         }

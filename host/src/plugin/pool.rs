@@ -44,6 +44,11 @@ struct Instance {
     world: PluginWorld,
 }
 
+/// With `isolation = "per-request"`, the request's own instance, kept from `on-request` to
+/// `on-response` so that the plugin sees one request in one instance.
+#[derive(Default)]
+pub struct Held(Option<Instance>);
+
 impl InstancePool {
     /// Creates the pool and its first instance, running the plugin's `init` with `config_json`:
     /// a plugin that rejects its config fails here (and so `check` and reloads report it).
@@ -121,11 +126,12 @@ impl InstancePool {
         &self,
         view: &mut RequestView,
         ctx: &mut Context,
+        held: &mut Held,
     ) -> Result<Action, PluginFailure> {
         // Check out first: if that fails, the view has not moved.
         let instance = self.checkout()?;
         let lent = std::mem::replace(view, super::empty_request());
-        self.call(
+        let (action, instance) = self.call(
             instance,
             "on-request",
             ctx,
@@ -141,18 +147,28 @@ impl InstancePool {
                     *view = back;
                 }
             },
-        )
+        )?;
+        match self.spec.isolation {
+            Isolation::PerRequest => held.0 = Some(instance),
+            Isolation::Pooled => self.checkin(instance),
+        }
+        Ok(action)
     }
 
-    /// Runs `on-response`, like [`InstancePool::on_request`].
+    /// Runs `on-response`, like [`InstancePool::on_request`], in the request's own instance
+    /// when it has one.
     pub fn on_response(
         &self,
         view: &mut ResponseView,
         ctx: &mut Context,
+        held: &mut Held,
     ) -> Result<(), PluginFailure> {
-        let instance = self.checkout()?;
+        let instance = match held.0.take() {
+            Some(instance) => instance,
+            None => self.checkout()?,
+        };
         let lent = std::mem::replace(view, super::empty_response());
-        self.call(
+        let ((), instance) = self.call(
             instance,
             "on-response",
             ctx,
@@ -168,12 +184,14 @@ impl InstancePool {
                     *view = back;
                 }
             },
-        )
+        )?;
+        self.checkin(instance);
+        Ok(())
     }
 
     /// One call into an instance: lend it the request data (`lend`) and the context, run
-    /// `invoke` within the time limit, take the data back (`reclaim`), and keep the instance
-    /// only if the call did not trap.
+    /// `invoke` within the time limit, and take the data back (`reclaim`). The instance comes
+    /// back only if the call did not trap; a trapped one is dropped.
     fn call<R>(
         &self,
         mut instance: Instance,
@@ -182,7 +200,7 @@ impl InstancePool {
         lend: impl FnOnce(&mut CallState),
         invoke: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
         reclaim: impl FnOnce(&mut CallState),
-    ) -> Result<R, PluginFailure> {
+    ) -> Result<(R, Instance), PluginFailure> {
         let state = instance.store.data_mut();
         state.begin_call();
         lend(state);
@@ -195,10 +213,7 @@ impl InstancePool {
         reclaim(state);
         *ctx = std::mem::take(&mut state.ctx);
         match result {
-            Ok(value) => {
-                self.checkin(instance);
-                Ok(value)
-            }
+            Ok(value) => Ok((value, instance)),
             Err(err) => Err(self.trap_failure(&format!("{what} failed"), &err)),
         }
     }

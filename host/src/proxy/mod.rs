@@ -95,8 +95,16 @@ async fn proxy(
     let (parts, incoming) = request.into_parts();
 
     // Request phase of the route's plugins (they see the client's request as received).
-    let (mut parts, buffered, incoming, rewritten_path, ran) = if route.plugins.is_empty() {
-        (parts, None, Some(incoming), rewritten_path, 0)
+    let (mut parts, buffered, incoming, rewritten_path, ran, mut call) = if route.plugins.is_empty()
+    {
+        (
+            parts,
+            None,
+            Some(incoming),
+            rewritten_path,
+            0,
+            route.plugins.begin(),
+        )
     } else {
         let identity = (
             Arc::from(client_ip.to_string()),
@@ -113,9 +121,14 @@ async fn proxy(
         )
         .await?;
         match after {
-            AfterRequest::Respond { response, ran } => {
+            AfterRequest::Respond {
+                response,
+                ran,
+                mut call,
+            } => {
                 return plugins::response_phase(
                     &route.plugins,
+                    &mut call,
                     ran,
                     response,
                     snapshot.max_body_bytes,
@@ -129,10 +142,11 @@ async fn proxy(
                 incoming,
                 path_changed,
                 ran,
+                call,
             } => {
                 // A plugin that set the path decides it; the route's rewrite no longer applies.
                 let rewritten_path = if path_changed { None } else { rewritten_path };
-                (parts, body, incoming, rewritten_path, ran)
+                (parts, body, incoming, rewritten_path, ran, call)
             }
         }
     };
@@ -183,6 +197,7 @@ async fn proxy(
     );
     plugins::response_phase(
         &route.plugins,
+        &mut call,
         ran,
         response,
         snapshot.max_body_bytes,

@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use super::body::ResponseBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::{
-    Context, PluginChain, PluginFailure, Reply, RequestOutcome, RequestView, ResponseView,
+    ChainCall, Context, PluginChain, PluginFailure, Reply, RequestOutcome, RequestView,
+    ResponseView,
 };
 
 /// The request after the request phase.
@@ -29,11 +30,13 @@ pub enum AfterRequest {
         path_changed: bool,
         /// Plugins whose `on-response` runs later.
         ran: usize,
+        call: ChainCall,
     },
     /// A plugin answered; the first `ran` plugins see the response.
     Respond {
         response: Response<ResponseBody>,
         ran: usize,
+        call: ChainCall,
     },
 }
 
@@ -64,7 +67,11 @@ pub async fn request_phase(
         route,
         request_id,
     };
-    match chain.on_request(&mut view, ctx).map_err(plugin_error)? {
+    let mut call = chain.begin();
+    match chain
+        .on_request(&mut call, &mut view, ctx)
+        .map_err(plugin_error)?
+    {
         RequestOutcome::Continue => {
             let path_changed = view.parts.uri.path() != original_path;
             if let Some(body) = &view.body {
@@ -79,11 +86,13 @@ pub async fn request_phase(
                 incoming,
                 path_changed,
                 ran: chain.len(),
+                call,
             })
         }
         RequestOutcome::Respond { reply, ran } => Ok(AfterRequest::Respond {
-            response: reply_response(reply, &view.parts.headers),
+            response: reply_response(reply),
             ran,
+            call,
         }),
     }
 }
@@ -105,7 +114,7 @@ async fn collect_request(incoming: Incoming, max_body_bytes: u64) -> Result<Byte
 
 /// A plugin's direct answer as a response. Headers the gateway cannot send are dropped with
 /// a warning rather than failing the request.
-fn reply_response(reply: Reply, _request_headers: &http::HeaderMap) -> Response<ResponseBody> {
+fn reply_response(reply: Reply) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(Bytes::from(reply.body)));
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -114,6 +123,13 @@ fn reply_response(reply: Reply, _request_headers: &http::HeaderMap) -> Response<
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(&value),
         ) {
+            // Framing and connection headers are the gateway's: a wrong Content-Length from a
+            // plugin must not desynchronise the client's connection.
+            (Ok(name), Ok(_)) if crate::plugin::reserved_header(&name) => {
+                tracing::warn!(
+                    "plugin reply header `{name}` is managed by the gateway and was dropped"
+                );
+            }
             (Ok(name), Ok(value)) => {
                 response.headers_mut().append(name, value);
             }
@@ -126,6 +142,7 @@ fn reply_response(reply: Reply, _request_headers: &http::HeaderMap) -> Response<
 /// Runs the response phase of the first `ran` plugins.
 pub async fn response_phase(
     chain: &PluginChain,
+    call: &mut ChainCall,
     ran: usize,
     response: Response<ResponseBody>,
     max_body_bytes: u64,
@@ -157,7 +174,7 @@ pub async fn response_phase(
         body_visible: false,
     };
     chain
-        .on_response(ran, &mut view, ctx)
+        .on_response(call, ran, &mut view, ctx)
         .map_err(plugin_error)?;
     let body = match (streaming, view.body) {
         (Some(streaming), _) => streaming,

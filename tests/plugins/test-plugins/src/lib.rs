@@ -5,7 +5,9 @@
 //! passes context values along), `respond` (answers directly), `body` (rewrites both bodies,
 //! declaring that it reads them), `body-undeclared` (tries to touch the body without declaring
 //! it), `route` (echoes its config per route), `count` (counts the calls its instance saw).
-//! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`.
+//! `std` (uses HashMap, clocks and the environment, as ordinary Rust code does).
+//! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`, `print` (standard output,
+//! which plugins do not have).
 
 use serde::Deserialize;
 use wasmgate_sdk::{Action, Capabilities, Plugin, Reply, Request, Response};
@@ -37,6 +39,8 @@ const MODES: &[&str] = &[
     "body-undeclared",
     "route",
     "count",
+    "std",
+    "print",
     "trap",
     "panic",
     "loop",
@@ -110,6 +114,34 @@ impl Plugin for TestPlugin {
                     .unwrap();
                 Action::Continue
             }
+            "std" => {
+                // What ordinary Rust code uses: hashed maps (random seeds), clocks, the
+                // environment (empty for plugins).
+                let mut seen = std::collections::HashMap::new();
+                seen.insert("k", 1);
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let started = std::time::Instant::now();
+                let env = std::env::var("HOME").is_ok();
+                request
+                    .set_header(
+                        "x-std",
+                        format!(
+                            "map={} wall={} mono={} env={env}",
+                            seen.len(),
+                            wall > 1_700_000_000,
+                            started.elapsed().as_secs() < 1
+                        ),
+                    )
+                    .unwrap();
+                Action::Continue
+            }
+            "print" => {
+                println!("plugins have no standard output");
+                Action::Continue
+            }
             "trap" => trap(),
             "panic" => panic!("the plugin panics on purpose"),
             "loop" => {
@@ -148,6 +180,12 @@ impl Plugin for TestPlugin {
                         .set_header(&format!("x-ctx-{name}"), &seen)
                         .unwrap();
                 }
+            }
+            "count" => {
+                // Per-request isolation: the same instance that saw this request's on-request.
+                response
+                    .set_header("x-instance-calls-at-response", self.calls.to_string())
+                    .unwrap();
             }
             "body" => {
                 let mut body = response.body().unwrap_or_default();
