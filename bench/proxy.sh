@@ -1,21 +1,44 @@
 #!/usr/bin/env bash
-# Reverse-proxy benchmark: wasmgate vs nginx in front of the same cheap upstream.
+# Reverse-proxy benchmark: wasmgate (bare, and with WebAssembly plugins) vs nginx in front of
+# the same cheap upstream.
 #
-# This is a benchmark, not a test: it exits non-zero only when something fails to
-# build or start, never because of the numbers.
+# This is a benchmark, not a test: it exits non-zero only when something fails to build or start
+# (or a plugin shows no effect on a probe request), never because of the numbers.
 #
 #   bench/proxy.sh                         # defaults: DURATION=10s CONNECTIONS=50 THREADS=1 ROUNDS=2
 #   DURATION=30s CONNECTIONS=100 bench/proxy.sh
+#   TARGETS="wasmgate plugin1" ROUNDS=3 bench/proxy.sh    # only bare wasmgate vs one pooled plugin
+#   TARGETS="upstream nginx wasmgate" bench/proxy.sh       # the original nginx comparison
 #
 # Environment:
 #   DURATION     wrk duration per run                     (default 10s)
 #   CONNECTIONS  wrk connections                          (default 50)
 #   THREADS      wrk threads                              (default 1)
-#   ROUNDS       alternating nginx/wasmgate rounds        (default 2)
+#   ROUNDS       alternating rounds over the targets      (default 2)
+#   TARGETS      space- or comma-separated subset of the targets below, measured in this order
+#                within each round (default: all). The upstream always runs (the proxies need
+#                it); it is only measured, once before the rounds, when "upstream" is listed.
+#                  upstream    the upstream nginx loaded directly
+#                  nginx       nginx reverse proxy
+#                  wasmgate    wasmgate, no plugins
+#                  plugin1     wasmgate + first_plugin (reads x-block, sets x-hello), pooled
+#                  plugin1-pr  the same with isolation = "per-request"
+#                  chain3      wasmgate + three test_plugins in tag mode (a, b, c), pooled
+#                  chain3-pr   the same chain with isolation = "per-request"
+#   PLUGIN_DIR   where first_plugin.wasm and test_plugins.wasm are
+#                (default target/wasm-plugins/wasm32-wasip2/release, built by host/build.rs)
+#   PAUSE_IDLE   1 = SIGSTOP the wasmgate processes that are not being measured, so that their
+#                timers (wasmtime's 1 ms epoch ticker) do not run next to the proxy under test
+#                on core 0 (default 1; 0 = leave them running)
 #   WARMUP       warm-up run per target before measuring  (default 2s; 0 to skip)
 #   SKIP_BUILD   1 = do not run cargo build               (default 0)
 #   KEEP_TMP     1 = keep the temp dir (configs, logs)    (default 0)
 #   IDLE_WAIT    seconds to wait for the machine to go quiet before measuring (default 0)
+#
+# Every wasmgate variant is its own process with its own config and port (workers = 1, one
+# route "/{*rest}"), so its CPU per request is attributable. Runtime is about
+# (1 + ROUNDS x number of proxy targets) x (DURATION + ~1 s) plus one WARMUP per target:
+# about 2.5 minutes with the defaults.
 #
 # Layout: with 2+ cores the proxy under test is pinned to core 0, wrk and the upstream to
 # core 1 (taskset). With one core nothing is pinned and the numbers are only indicative.
@@ -26,6 +49,10 @@
 # the worker). For the "upstream (direct)" rows the cpu/rss columns describe the upstream
 # nginx itself (there is no proxy). "other %" is CPU used during the run by anything but
 # wrk, the upstream and the proxy (e.g. a compiler next to the benchmark), as % of all cores.
+# After the main table, a second table gives each plugin variant's CPU per request minus
+# plain wasmgate's in the same round (when "wasmgate" is among the targets).
+#
+# Instructions per request (repeatable, unlike CPU time on a VM): bench/callgrind.sh.
 
 set -uo pipefail
 
@@ -37,9 +64,14 @@ WARMUP=${WARMUP:-2s}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-0}
+PAUSE_IDLE=${PAUSE_IDLE:-1}
+ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr"
+TARGETS=${TARGETS:-$ALL_TARGETS}
+TARGETS=${TARGETS//,/ }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WASMGATE="$ROOT/target/release/wasmgate"
+PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -74,6 +106,18 @@ if ((${#real_missing[@]})); then
 fi
 ((have_taskset)) || say "taskset not found (apt-get install -y util-linux): running unpinned"
 
+# targets in the order given; PROXIES = the ones measured every round
+SELECTED=()
+for t in $TARGETS; do
+    [[ " $ALL_TARGETS " == *" $t "* ]] || die "unknown target '$t' in TARGETS (known: $ALL_TARGETS)"
+    [[ " ${SELECTED[*]} " == *" $t "* ]] || SELECTED+=("$t")
+done
+((${#SELECTED[@]})) || die "TARGETS is empty"
+PROXIES=()
+for t in "${SELECTED[@]}"; do [[ "$t" != upstream ]] && PROXIES+=("$t"); done
+selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
+is_wasmgate() { [[ "$1" == wasmgate || "$1" == plugin* || "$1" == chain* ]]; }
+
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
@@ -83,6 +127,14 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p wasmgate) || die "cargo build failed"
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found (build it or unset SKIP_BUILD)"
+for t in "${PROXIES[@]}"; do
+    case "$t" in
+        plugin1*) [[ -f "$PLUGIN_DIR/first_plugin.wasm" ]] \
+            || die "$PLUGIN_DIR/first_plugin.wasm not found (built by cargo build; or set PLUGIN_DIR)" ;;
+        chain3*) [[ -f "$PLUGIN_DIR/test_plugins.wasm" ]] \
+            || die "$PLUGIN_DIR/test_plugins.wasm not found (built by cargo build; or set PLUGIN_DIR)" ;;
+    esac
+done
 BUILD_INFO="$("$WASMGATE" --version 2>/dev/null)"
 if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
     BUILD_INFO="$BUILD_INFO, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
@@ -108,6 +160,7 @@ PIDS=()
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
+        kill -CONT "$pid" 2>/dev/null   # a paused (stopped) process would not act on TERM
         kill -TERM "$pid" 2>/dev/null
     done
     for pid in "${PIDS[@]}"; do
@@ -142,7 +195,10 @@ pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
 }
 pick_port; UP_PORT=$PORT
 pick_port; NGX_PORT=$PORT
-pick_port; WG_PORT=$PORT
+declare -A WG_PORT WG_PID
+for t in "${PROXIES[@]}"; do
+    if is_wasmgate "$t"; then pick_port; WG_PORT[$t]=$PORT; fi
+done
 
 wait_http() { # url what pid
     local url=$1 what=$2 pid=$3
@@ -179,9 +235,11 @@ $body
 EOF
 }
 
-# upstream: as cheap as possible, no logging
+# upstream: as cheap as possible, no logging. The long keep-alive timeout keeps the proxies'
+# pooled upstream connections open while they wait (or are paused) for their turn.
 nginx_conf "$TMP/upstream" "
     access_log off;
+    keepalive_timeout 1h;
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { default_type text/plain; return 200 \"hello\\n\"; }
@@ -222,38 +280,101 @@ UP_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$UP_PORT/" upstream "$UP_PID" || {
     cat "$TMP/upstream/logs/"*.log >&2; die "upstream nginx did not start"; }
 
-say "starting nginx proxy on 127.0.0.1:$NGX_PORT"
-start_nginx "$TMP/nginx" "${PROXY_PIN[@]}"
-NGX_PID=$NGINX_PID
-wait_http "http://127.0.0.1:$NGX_PORT/" "nginx proxy" "$NGX_PID" || {
-    cat "$TMP/nginx/logs/"*.log >&2; die "nginx proxy did not start"; }
+NGX_PID=
+if selected nginx; then
+    say "starting nginx proxy on 127.0.0.1:$NGX_PORT"
+    start_nginx "$TMP/nginx" "${PROXY_PIN[@]}"
+    NGX_PID=$NGINX_PID
+    wait_http "http://127.0.0.1:$NGX_PORT/" "nginx proxy" "$NGX_PID" || {
+        cat "$TMP/nginx/logs/"*.log >&2; die "nginx proxy did not start"; }
+fi
 
-# ---------------------------------------------------------------- wasmgate
-mkdir -p "$TMP/wasmgate"
-cat >"$TMP/wasmgate/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$WG_PORT"
-workers = 1
+# ---------------------------------------------------------------- wasmgate (one process per variant)
+label_of() {
+    case "$1" in
+        upstream) echo "upstream (direct)" ;;
+        nginx) echo "nginx proxy" ;;
+        wasmgate) echo "wasmgate" ;;
+        plugin1) echo "wasmgate +1 pooled" ;;
+        plugin1-pr) echo "wasmgate +1 per-req" ;;
+        chain3) echo "wasmgate +3 pooled" ;;
+        chain3-pr) echo "wasmgate +3 per-req" ;;
+    esac
+}
+# plugins_toml target -> the [plugins.*] table; route_plugins target -> the route's plugin list
+plugins_toml() {
+    local isolation=pooled
+    [[ "$1" == *-pr ]] && isolation=per-request
+    case "$1" in
+        plugin1*) printf '[plugins.hello]\npath = "%s"\nisolation = "%s"\n' \
+            "$PLUGIN_DIR/first_plugin.wasm" "$isolation" ;;
+        chain3*) printf '[plugins.t]\npath = "%s"\nisolation = "%s"\n' \
+            "$PLUGIN_DIR/test_plugins.wasm" "$isolation" ;;
+    esac
+}
+route_plugins() {
+    local tag='{ use = "t", config = { mode = "tag", name = "%s" } }'
+    case "$1" in
+        plugin1*) echo 'plugins = [{ use = "hello", config = { header = "x-hello", value = "world" } }]' ;;
+        chain3*) printf "plugins = [$tag, $tag, $tag]\n" a b c ;;
+    esac
+}
+# a response header that proves the plugins ran: first_plugin sets x-hello; in the tag chain,
+# plugin a sets x-ctx-a in the response phase from a context value set in the request phase
+probe_header() {
+    case "$1" in
+        plugin1*) echo "x-hello: world" ;;
+        chain3*) echo "x-ctx-a: yes" ;;
+    esac
+}
 
-[upstreams.backend]
-targets = [{ addr = "127.0.0.1:$UP_PORT" }]
+start_wasmgate() { # target -> sets WG_PID[target]
+    local t=$1 dir="$TMP/$1" port=${WG_PORT[$1]} pid probe
+    mkdir -p "$dir"
+    {
+        printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n\n' "$port"
+        printf '[upstreams.backend]\ntargets = [{ addr = "127.0.0.1:%s" }]\n\n' "$UP_PORT"
+        plugins_toml "$t"
+        printf '\n[[routes]]\npath = "/{*rest}"\nupstream = "backend"\n'
+        route_plugins "$t"
+    } >"$dir/gateway.toml"
+    say "starting $(label_of "$t") on 127.0.0.1:$port"
+    "${PROXY_PIN[@]}" "$WASMGATE" run -c "$dir/gateway.toml" \
+        >"$dir/access.log" 2>"$dir/stderr.log" &
+    pid=$!
+    WG_PID[$t]=$pid
+    PIDS+=("$pid")
+    # plugins are compiled at start-up: allow up to 60 s
+    for _ in $(seq 600); do
+        grep -q "listening on http://" "$dir/stderr.log" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    wait_http "http://127.0.0.1:$port/" "$t" "$pid" || {
+        cat "$dir/gateway.toml" "$dir/stderr.log" >&2; die "$t did not start"; }
+    probe=$(probe_header "$t")
+    if [[ -n "$probe" ]]; then
+        curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | grep -qix "$probe" || {
+            curl -s -m 5 -D - "http://127.0.0.1:$port/" >&2
+            cat "$dir/gateway.toml" "$dir/stderr.log" >&2
+            die "$t: the plugins did not run (no '$probe' in the response)"; }
+    fi
+}
 
-[[routes]]
-path = "/{*rest}"
-upstream = "backend"
-EOF
-say "starting wasmgate on 127.0.0.1:$WG_PORT"
-"${PROXY_PIN[@]}" "$WASMGATE" run -c "$TMP/wasmgate/gateway.toml" \
-    >"$TMP/wasmgate/access.log" 2>"$TMP/wasmgate/stderr.log" &
-WG_PID=$!
-PIDS+=("$WG_PID")
-for _ in $(seq 100); do
-    grep -q "listening on http://" "$TMP/wasmgate/stderr.log" 2>/dev/null && break
-    kill -0 "$WG_PID" 2>/dev/null || break
-    sleep 0.1
+for t in "${PROXIES[@]}"; do
+    if is_wasmgate "$t"; then start_wasmgate "$t"; fi
 done
-wait_http "http://127.0.0.1:$WG_PORT/" wasmgate "$WG_PID" || {
-    cat "$TMP/wasmgate/stderr.log" >&2; die "wasmgate did not start"; }
+
+# PAUSE_IDLE=1: while a target is loaded, the other wasmgate processes are stopped
+focus() { # target
+    ((PAUSE_IDLE)) || return 0
+    local t
+    for t in "${!WG_PID[@]}"; do
+        [[ "$t" == "$1" ]] || kill -STOP "${WG_PID[$t]}" 2>/dev/null
+    done
+    if is_wasmgate "$1"; then kill -CONT "${WG_PID[$1]}" 2>/dev/null; sleep 0.2; fi
+    return 0
+}
 
 # ---------------------------------------------------------------- measurement helpers
 children_of() { # pid -> direct children pids
@@ -276,28 +397,21 @@ cpu_pids() {
     case "$1" in
         upstream) echo "$UP_PID" $(children_of "$UP_PID") ;;
         nginx) echo "$NGX_PID" $(children_of "$NGX_PID") ;;
-        wasmgate) echo "$WG_PID" ;;
+        *) echo "${WG_PID[$1]}" ;;
     esac
 }
 rss_pid() {
     case "$1" in
         upstream) children_of "$UP_PID" | head -1 ;;
         nginx) children_of "$NGX_PID" | head -1 ;;
-        wasmgate) echo "$WG_PID" ;;
+        *) echo "${WG_PID[$1]}" ;;
     esac
 }
 url_of() {
     case "$1" in
         upstream) echo "http://127.0.0.1:$UP_PORT/" ;;
         nginx) echo "http://127.0.0.1:$NGX_PORT/" ;;
-        wasmgate) echo "http://127.0.0.1:$WG_PORT/" ;;
-    esac
-}
-label_of() {
-    case "$1" in
-        upstream) echo "upstream (direct)" ;;
-        nginx) echo "nginx proxy" ;;
-        wasmgate) echo "wasmgate" ;;
+        *) echo "http://127.0.0.1:${WG_PORT[$1]}/" ;;
     esac
 }
 
@@ -313,6 +427,7 @@ RESULTS=()
 run_wrk() { # target round
     local target=$1 round=$2 url pids ours before after ours0 ours1 m0 m1 t0 t1 wrk_s
     local out reqs rps p50 p99 errs cpu rss other
+    focus "$target"
     url=$(url_of "$target")
     pids=$(cpu_pids "$target")
     ours="$pids"
@@ -339,15 +454,15 @@ run_wrk() { # target round
     if [[ -z "$reqs" || -z "$rps" || "$reqs" == 0 ]]; then
         say "wrk against $target failed:"
         printf '%s\n' "$out" >&2
-        RESULTS+=("$round|$(label_of "$target")|-|-|-|-|-|-|-")
+        RESULTS+=("$round|$target|-|-|-|-|-|-|-")
         return
     fi
     cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
     rss=$(awk -v k="$(rss_kb "$(rss_pid "$target")")" 'BEGIN {printf "%.1f", k / 1024}')
     p50=$(to_ms "$p50"); p99=$(to_ms "$p99")
-    printf '   %-18s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
+    printf '   %-20s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
         "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other" >&2
-    RESULTS+=("$round|$(label_of "$target")|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
+    RESULTS+=("$round|$target|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
 }
 
 # whole-machine busy clock ticks since boot (user+nice+system+irq+softirq+steal)
@@ -375,43 +490,89 @@ done
 ((BUSY_BEFORE > 10)) && say "WARNING: machine is ${BUSY_BEFORE}% busy with other work; numbers will be skewed"
 if [[ "$WARMUP" != 0 ]]; then
     say "warm-up ($WARMUP each, not recorded)"
-    for target in upstream nginx wasmgate; do
+    for target in "${SELECTED[@]}"; do
+        focus "$target"
         "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$(url_of "$target")" >/dev/null 2>&1
     done
 fi
 
 say "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s)"
-run_wrk upstream 1
+selected upstream && run_wrk upstream 1
 for round in $(seq "$ROUNDS"); do
-    run_wrk nginx "$round"
-    run_wrk wasmgate "$round"
+    for target in "${PROXIES[@]}"; do
+        run_wrk "$target" "$round"
+    done
 done
 
 BUSY_AFTER=$(busy_pct)
 
-# both proxies logged every request?
-ngx_lines=$(wc -l <"$TMP/nginx/logs/access.log" 2>/dev/null || echo 0)
-wg_lines=$(wc -l <"$TMP/wasmgate/access.log" 2>/dev/null || echo 0)
+# every proxy logged every request?
+log_lines=""
+selected nginx && log_lines="nginx $(wc -l <"$TMP/nginx/logs/access.log" 2>/dev/null || echo 0)"
+for t in "${PROXIES[@]}"; do
+    is_wasmgate "$t" || continue
+    log_lines="${log_lines:+$log_lines, }$t $(wc -l <"$TMP/$t/access.log" 2>/dev/null || echo 0)"
+done
 
 # ---------------------------------------------------------------- table
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $NCPU CPU(s), CLK_TCK=$CLK_TCK; $PIN_NOTE"
-echo "access-log lines written: nginx $ngx_lines, wasmgate $wg_lines"
+echo "access-log lines written (warm-ups included): ${log_lines:-none}"
 echo "other CPU load (1 s sample, whole machine): ${BUSY_BEFORE}% before the runs, ${BUSY_AFTER}% after"
 echo "wasmgate: $BUILD_INFO"
+((PAUSE_IDLE)) && echo "wasmgate processes not under test were paused (SIGSTOP) during each run"
 echo
-printf '| %-5s | %-18s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+printf '| %-5s | %-20s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
     round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------- ----------: \
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  ---------------------- ----------: \
     ---------: ---------: -----------: ---------: -------: --------:
+declare -A CPU_OF
 for row in "${RESULTS[@]}"; do
     IFS='|' read -r round target rps p50 p99 cpu rss errs other <<<"$row"
-    printf '| %-5s | %-18s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
-        "$round" "$target" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
+    CPU_OF[$round.$target]=$cpu
+    printf '| %-5s | %-20s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+        "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
 done
 echo
 echo "cpu us/req: utime+stime of the proxy (nginx: master+worker; wasmgate: all threads) / requests."
 echo "upstream (direct) row: cpu and rss are the upstream nginx's own, no proxy in the path."
 echo "other %: CPU used during the run by anything but wrk, the upstream and the proxy, as % of all"
 echo "         cores (e.g. a compiler running next to the benchmark); rows with a high value are suspect."
+echo "+1: first_plugin (reads one request header, sets one response header); +3: three test_plugins"
+echo "    in tag mode (a, b, c); pooled: isolation = \"pooled\"; per-req: isolation = \"per-request\"."
+
+# ---------------------------------------------------------------- plugin cost
+plugin_targets=()
+for t in "${PROXIES[@]}"; do [[ "$t" == plugin* || "$t" == chain* ]] && plugin_targets+=("$t"); done
+if selected wasmgate && ((${#plugin_targets[@]})); then
+    echo
+    echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / 1 or / 3)."
+    echo
+    printf '| %-5s | %-20s | %10s | %10s | %10s |\n' round target "cpu us/req" "- wasmgate" "per plugin"
+    printf '|%s|%s|%s|%s|%s|\n' ------- ---------------------- -----------: -----------: -----------:
+    declare -A SUM CNT
+    for round in $(seq "$ROUNDS"); do
+        base=${CPU_OF[$round.wasmgate]:--}
+        for t in "${plugin_targets[@]}"; do
+            cpu=${CPU_OF[$round.$t]:--}
+            n=1; [[ "$t" == chain3* ]] && n=3
+            if [[ "$base" == - || "$cpu" == - ]]; then
+                diff=-; per=-
+            else
+                diff=$(awk -v a="$cpu" -v b="$base" 'BEGIN {printf "%.2f", a - b}')
+                per=$(awk -v d="$diff" -v n="$n" 'BEGIN {printf "%.2f", d / n}')
+                SUM[$t]=$(awk -v s="${SUM[$t]:-0}" -v d="$diff" 'BEGIN {print s + d}')
+                CNT[$t]=$((${CNT[$t]:-0} + 1))
+            fi
+            printf '| %-5s | %-20s | %10s | %10s | %10s |\n' "$round" "$(label_of "$t")" "$cpu" "$diff" "$per"
+        done
+    done
+    for t in "${plugin_targets[@]}"; do
+        ((${CNT[$t]:-0})) || continue
+        n=1; [[ "$t" == chain3* ]] && n=3
+        printf '| %-5s | %-20s | %10s | %10s | %10s |\n' mean "$(label_of "$t")" "" \
+            "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" 'BEGIN {printf "%.2f", s / c}')" \
+            "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" -v n="$n" 'BEGIN {printf "%.2f", s / c / n}')"
+    done
+fi
 exit 0
