@@ -23,7 +23,7 @@ wasmtime::component::bindgen!({
 pub use Plugin as PluginWorld;
 pub use PluginPre as PluginWorldPre;
 pub use exports::wasmgate::plugin::handler::{Action, Reply};
-use wasmgate::plugin::http::{self as api, Level};
+use self::wasmgate::plugin::http::{self as api, Level};
 
 /// The request handle's type (the data lives in [`CallState::request`]).
 pub struct RequestHandle;
