@@ -20,10 +20,10 @@ wasmtime::component::bindgen!({
     },
 });
 
+use self::wasmgate::plugin::http::{self as api, Level};
 pub use Plugin as PluginWorld;
 pub use PluginPre as PluginWorldPre;
 pub use exports::wasmgate::plugin::handler::{Action, Reply};
-use self::wasmgate::plugin::http::{self as api, Level};
 
 /// The request handle's type (the data lives in [`CallState::request`]).
 pub struct RequestHandle;
