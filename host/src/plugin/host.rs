@@ -42,7 +42,8 @@ pub struct RequestView {
     /// `Some` when some plugin in the chain asked for the request body.
     pub body: Option<Bytes>,
     pub body_visible: bool,
-    pub client_ip: Arc<str>,
+    /// Formatted only if a plugin asks for it.
+    pub client_ip: std::net::IpAddr,
     pub route: Arc<str>,
     pub request_id: HeaderValue,
 }
@@ -125,7 +126,7 @@ pub(crate) fn empty_request() -> RequestView {
         parts,
         body: None,
         body_visible: false,
-        client_ip: Arc::from(""),
+        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         route: Arc::from(""),
         request_id: HeaderValue::from_static(""),
     }

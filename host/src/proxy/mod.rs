@@ -106,11 +106,7 @@ async fn proxy(
             route.plugins.begin(),
         )
     } else {
-        let identity = (
-            Arc::from(client_ip.to_string()),
-            route.name.clone(),
-            record.request_id().clone(),
-        );
+        let identity = (client_ip, route.name.clone(), record.request_id().clone());
         let after = plugins::request_phase(
             &route.plugins,
             parts,

@@ -3,6 +3,7 @@
 //! only when a plugin of the chain declared it reads them, and then only up to
 //! `max_body_bytes`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,7 +50,7 @@ pub async fn request_phase(
     parts: Parts,
     incoming: Incoming,
     max_body_bytes: u64,
-    identity: (Arc<str>, Arc<str>, HeaderValue),
+    identity: (IpAddr, Arc<str>, HeaderValue),
     ctx: &mut Context,
 ) -> Result<AfterRequest, ProxyError> {
     let (body, incoming) = if chain.needs_request_body() {
