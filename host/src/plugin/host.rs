@@ -33,6 +33,13 @@ pub struct ResponseHandle;
 /// A plugin may not add more header bytes than this in one call.
 const MAX_HEADER_OUTPUT: usize = 64 * 1024;
 
+/// Which message a host call is about.
+#[derive(Clone, Copy)]
+enum Part {
+    Request,
+    Response,
+}
+
 /// Per-request context values (`ctx:NAME`), sorted for stable logs.
 pub type Context = BTreeMap<String, String>;
 
@@ -106,6 +113,67 @@ impl CallState {
 
     fn response(&mut self) -> &mut ResponseView {
         self.response.get_or_insert_with(empty_response)
+    }
+
+    fn headers(&mut self, part: Part) -> &mut HeaderMap {
+        match part {
+            Part::Request => &mut self.request().parts.headers,
+            Part::Response => &mut self.response().parts.headers,
+        }
+    }
+
+    /// `set-header` / `append-header` of either message, within the call's output budget.
+    fn put_header(
+        &mut self,
+        part: Part,
+        name: &str,
+        value: &[u8],
+        append: bool,
+    ) -> Result<(), String> {
+        self.charge(name, value)?;
+        set(self.headers(part), name, value, append)
+    }
+
+    fn drop_header(&mut self, part: Part, name: &str) {
+        if let Ok(name) = header_name(name)
+            && !reserved(&name)
+        {
+            self.headers(part).remove(name);
+        }
+    }
+
+    /// The body slot of either message and whether the current plugin declared it.
+    fn body_slot(&mut self, part: Part) -> (&mut Option<Bytes>, bool) {
+        match part {
+            Part::Request => {
+                let request = self.request();
+                (&mut request.body, request.body_visible)
+            }
+            Part::Response => {
+                let response = self.response();
+                (&mut response.body, response.body_visible)
+            }
+        }
+    }
+
+    fn read_body(&mut self, part: Part) -> Option<Vec<u8>> {
+        match self.body_slot(part) {
+            (body, true) => body.as_ref().map(|b| b.to_vec()),
+            (_, false) => None,
+        }
+    }
+
+    fn write_body(&mut self, part: Part, new_body: Vec<u8>) -> Result<(), String> {
+        match self.body_slot(part) {
+            (body, true) => {
+                *body = Some(Bytes::from(new_body));
+                Ok(())
+            }
+            (_, false) => Err(match part {
+                Part::Request => "the plugin did not declare `request-body`".into(),
+                Part::Response => "the plugin did not declare `response-body`".into(),
+            }),
+        }
     }
 
     fn charge(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
@@ -287,8 +355,7 @@ impl api::HostRequest for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.charge(&name, &value)?;
-        set(&mut self.request().parts.headers, &name, &value, false)
+        self.put_header(Part::Request, &name, &value, false)
     }
 
     fn append_header(
@@ -297,34 +364,19 @@ impl api::HostRequest for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.charge(&name, &value)?;
-        set(&mut self.request().parts.headers, &name, &value, true)
+        self.put_header(Part::Request, &name, &value, true)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        if let Ok(name) = header_name(&name)
-            && !reserved(&name)
-        {
-            self.request().parts.headers.remove(name);
-        }
+        self.drop_header(Part::Request, &name);
     }
 
     fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
-        let request = self.request();
-        if request.body_visible {
-            request.body.as_ref().map(|b| b.to_vec())
-        } else {
-            None
-        }
+        self.read_body(Part::Request)
     }
 
     fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) -> Result<(), String> {
-        let request = self.request();
-        if !request.body_visible {
-            return Err("the plugin did not declare `request-body`".into());
-        }
-        request.body = Some(Bytes::from(body));
-        Ok(())
+        self.write_body(Part::Request, body)
     }
 
     fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
@@ -395,8 +447,7 @@ impl api::HostResponse for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.charge(&name, &value)?;
-        set(&mut self.response().parts.headers, &name, &value, false)
+        self.put_header(Part::Response, &name, &value, false)
     }
 
     fn append_header(
@@ -405,34 +456,19 @@ impl api::HostResponse for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.charge(&name, &value)?;
-        set(&mut self.response().parts.headers, &name, &value, true)
+        self.put_header(Part::Response, &name, &value, true)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        if let Ok(name) = header_name(&name)
-            && !reserved(&name)
-        {
-            self.response().parts.headers.remove(name);
-        }
+        self.drop_header(Part::Response, &name);
     }
 
     fn body(&mut self, _: Resource<ResponseHandle>) -> Option<Vec<u8>> {
-        let response = self.response();
-        if response.body_visible {
-            response.body.as_ref().map(|b| b.to_vec())
-        } else {
-            None
-        }
+        self.read_body(Part::Response)
     }
 
     fn set_body(&mut self, _: Resource<ResponseHandle>, body: Vec<u8>) -> Result<(), String> {
-        let response = self.response();
-        if !response.body_visible {
-            return Err("the plugin did not declare `response-body`".into());
-        }
-        response.body = Some(Bytes::from(body));
-        Ok(())
+        self.write_body(Part::Response, body)
     }
 
     fn trailer(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
