@@ -74,6 +74,13 @@ impl TestHeaders {
         Ok(())
     }
 
+    /// Test setup: appends, panicking on an invalid name or value.
+    fn append_for_test(&mut self, name: &str, value: &[u8]) {
+        if let Err(err) = self.append(name, value) {
+            panic!("{err}");
+        }
+    }
+
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
@@ -123,9 +130,7 @@ impl TestRequest {
 
     /// Adds a header (panics on an invalid name or value: this is test setup).
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        if let Err(err) = self.headers.append(name, value.as_ref()) {
-            panic!("{err}");
-        }
+        self.headers.append_for_test(name, value.as_ref());
         self
     }
 
@@ -168,9 +173,7 @@ impl TestResponse {
     }
 
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        if let Err(err) = self.headers.append(name, value.as_ref()) {
-            panic!("{err}");
-        }
+        self.headers.append_for_test(name, value.as_ref());
         self
     }
 

@@ -260,7 +260,6 @@ pub enum RequestBody {
     Empty,
     /// A whole body (buffered for plugins); each attempt sends a copy (`Bytes` is shared).
     Full(Option<Bytes>),
-    Stream(LimitedIncoming),
     Replay(ReplayBody),
 }
 
@@ -281,7 +280,6 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
             RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -290,7 +288,6 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Full(bytes) => bytes.is_none(),
-            RequestBody::Stream(body) => body.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
         }
     }
@@ -301,7 +298,6 @@ impl Body for RequestBody {
             RequestBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            RequestBody::Stream(body) => body.size_hint(),
             RequestBody::Replay(body) => body.size_hint(),
         }
     }

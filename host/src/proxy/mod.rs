@@ -95,14 +95,12 @@ async fn proxy(
     let (parts, incoming) = request.into_parts();
 
     // Request phase of the route's plugins (they see the client's request as received).
-    let (mut parts, buffered, incoming, rewritten_path, ran, mut call) = if route.plugins.is_empty()
-    {
+    let (mut parts, buffered, incoming, rewritten_path, mut call) = if route.plugins.is_empty() {
         (
             parts,
             None,
             Some(incoming),
             rewritten_path,
-            0,
             route.plugins.begin(),
         )
     } else {
@@ -137,12 +135,11 @@ async fn proxy(
                 body,
                 incoming,
                 path_changed,
-                ran,
                 call,
             } => {
                 // A plugin that set the path decides it; the route's rewrite no longer applies.
                 let rewritten_path = if path_changed { None } else { rewritten_path };
-                (parts, body, incoming, rewritten_path, ran, call)
+                (parts, body, incoming, rewritten_path, call)
             }
         }
     };
@@ -191,10 +188,11 @@ async fn proxy(
             .with_deadline(deadline)
             .with_lease(lease),
     );
+    // Every plugin let the request through, so every one sees the response.
     plugins::response_phase(
         &route.plugins,
         &mut call,
-        ran,
+        route.plugins.len(),
         response,
         snapshot.max_body_bytes,
         &mut record.ctx,

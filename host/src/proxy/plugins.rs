@@ -29,8 +29,6 @@ pub enum AfterRequest {
         incoming: Option<Incoming>,
         /// A plugin changed the path: the route's `rewrite` no longer applies.
         path_changed: bool,
-        /// Plugins whose `on-response` runs later.
-        ran: usize,
         call: ChainCall,
     },
     /// A plugin answered; the first `ran` plugins see the response.
@@ -86,7 +84,6 @@ pub async fn request_phase(
                 body: view.body,
                 incoming,
                 path_changed,
-                ran: chain.len(),
                 call,
             })
         }

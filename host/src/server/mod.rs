@@ -27,7 +27,6 @@ use conn::ConnLimits;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub tls: bool,
     /// Work that outlives the request but belongs to the connection (upgraded tunnels), so
     /// that a drain waits for it as for the connection itself.
@@ -165,7 +164,6 @@ struct AcceptContext {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
-    let local = listener.local_addr().ok();
     loop {
         // Past max_connections, stop accepting: further clients wait in the listen backlog.
         let permit = tokio::select! {
@@ -190,7 +188,6 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo {
             peer,
-            local: local.unwrap_or(peer),
             tls: ctx.tls.is_some(),
             tasks: ctx.connections.clone(),
         });

@@ -77,7 +77,7 @@ async fn run(weak: Weak<Upstream>, check: HealthCheck) {
             };
             if target.is_healthy() && -streaks[i] >= i64::from(check.unhealthy_threshold) {
                 target.set_healthy(false);
-                let reason = results_reason(&streaks[i]);
+                let reason = format!("{} failed checks in a row", -streaks[i]);
                 warn!(upstream = %upstream.name, target = %target.addr, %reason, "health check: target is unhealthy");
             } else if !target.is_healthy() && streaks[i] >= i64::from(check.healthy_threshold) {
                 target.set_healthy(true);
@@ -85,10 +85,6 @@ async fn run(weak: Weak<Upstream>, check: HealthCheck) {
             }
         }
     }
-}
-
-fn results_reason(streak: &i64) -> String {
-    format!("{} failed checks in a row", -streak)
 }
 
 async fn probe(
