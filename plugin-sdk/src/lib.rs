@@ -219,7 +219,7 @@ pub mod __private {
                 body: b"plugin called before init".to_vec(),
             });
         };
-        match plugin.on_request(&mut Request::host(request)) {
+        match plugin.on_request(&mut Request::from_host(request)) {
             Action::Continue => wit::Action::Continue,
             Action::Respond(reply) => wit::Action::Respond(wit::Reply {
                 status: reply.status,
@@ -231,7 +231,7 @@ pub mod __private {
 
     pub fn on_response<P: Plugin>(slot: &RefCell<Option<P>>, response: &http::Response) {
         if let Some(plugin) = slot.borrow_mut().as_mut() {
-            plugin.on_response(&mut Response::host(response));
+            plugin.on_response(&mut Response::from_host(response));
         }
     }
 }

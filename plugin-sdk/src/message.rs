@@ -30,13 +30,13 @@ fn text(bytes: Option<Vec<u8>>) -> Option<String> {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn host(request: &'a http::Request) -> Self {
+    pub(crate) fn from_host(request: &'a http::Request) -> Self {
         Request {
             inner: RequestRef::Host(request),
         }
     }
 
-    pub(crate) fn test(request: &'a mut TestRequest) -> Self {
+    pub(crate) fn from_test(request: &'a mut TestRequest) -> Self {
         Request {
             inner: RequestRef::Test(request),
         }
@@ -165,6 +165,15 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The host the client asked for (HTTP/2's `:authority`, else the `Host` header), with
+    /// its port if it had one.
+    pub fn host(&self) -> Option<String> {
+        match &self.inner {
+            RequestRef::Host(r) => r.host(),
+            RequestRef::Test(t) => t.host.clone(),
+        }
+    }
+
     /// The client's address (after the gateway's `trusted_proxies`).
     pub fn client_ip(&self) -> String {
         match &self.inner {
@@ -208,13 +217,13 @@ impl<'a> Request<'a> {
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn host(response: &'a http::Response) -> Self {
+    pub(crate) fn from_host(response: &'a http::Response) -> Self {
         Response {
             inner: ResponseRef::Host(response),
         }
     }
 
-    pub(crate) fn test(response: &'a mut TestResponse) -> Self {
+    pub(crate) fn from_test(response: &'a mut TestResponse) -> Self {
         Response {
             inner: ResponseRef::Test(response),
         }
@@ -315,6 +324,54 @@ impl<'a> Response<'a> {
         match &mut self.inner {
             ResponseRef::Host(r) => r.set_trailer(name, value.as_ref()),
             ResponseRef::Test(t) => t.trailers.set(name, value.as_ref()),
+        }
+    }
+
+    /// The method of the request this response answers, as the client sent it.
+    pub fn request_method(&self) -> String {
+        match &self.inner {
+            ResponseRef::Host(r) => r.request_method(),
+            ResponseRef::Test(t) => t.request.method.clone(),
+        }
+    }
+
+    /// The path (without the query) of the request this response answers, as the client
+    /// sent it.
+    pub fn request_path(&self) -> String {
+        match &self.inner {
+            ResponseRef::Host(r) => r.request_path(),
+            ResponseRef::Test(t) => t.request.path.clone(),
+        }
+    }
+
+    /// The host the client asked for; see [`Request::host`].
+    pub fn request_host(&self) -> Option<String> {
+        match &self.inner {
+            ResponseRef::Host(r) => r.request_host(),
+            ResponseRef::Test(t) => t.request.host.clone(),
+        }
+    }
+
+    /// The client's address; see [`Request::client_ip`].
+    pub fn client_ip(&self) -> String {
+        match &self.inner {
+            ResponseRef::Host(r) => r.client_ip(),
+            ResponseRef::Test(t) => t.request.client_ip.clone(),
+        }
+    }
+
+    /// The route's name, or `#N` for unnamed routes.
+    pub fn route(&self) -> String {
+        match &self.inner {
+            ResponseRef::Host(r) => r.route(),
+            ResponseRef::Test(t) => t.request.route.clone(),
+        }
+    }
+
+    pub fn request_id(&self) -> String {
+        match &self.inner {
+            ResponseRef::Host(r) => r.request_id(),
+            ResponseRef::Test(t) => t.request.request_id.clone(),
         }
     }
 

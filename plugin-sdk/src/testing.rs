@@ -95,6 +95,8 @@ pub struct TestRequest {
     pub headers: TestHeaders,
     /// `Some` only when the plugin declared `request_body` (as in the gateway).
     pub body: Option<Vec<u8>>,
+    /// What [`Request::host`] returns (`Some("example.test")` unless changed).
+    pub host: Option<String>,
     pub client_ip: String,
     pub route: String,
     pub request_id: String,
@@ -113,6 +115,7 @@ impl TestRequest {
             query,
             headers: TestHeaders::default(),
             body: None,
+            host: Some("example.test".to_owned()),
             client_ip: "127.0.0.1".to_owned(),
             route: "test".to_owned(),
             request_id: "test-request".to_owned(),
@@ -144,6 +147,16 @@ impl TestRequest {
         self
     }
 
+    pub fn with_host(mut self, host: Option<&str>) -> Self {
+        self.host = host.map(str::to_owned);
+        self
+    }
+
+    pub fn with_client_ip(mut self, client_ip: &str) -> Self {
+        self.client_ip = client_ip.to_owned();
+        self
+    }
+
     pub fn header_str(&self, name: &str) -> Option<String> {
         self.headers
             .first(name)
@@ -159,6 +172,9 @@ pub struct TestResponse {
     pub body: Option<Vec<u8>>,
     pub trailers: TestHeaders,
     pub ctx: HashMap<String, String>,
+    /// The request this response answers: what [`Response::request_method`] and its
+    /// siblings return (`GET /` from 127.0.0.1 unless changed).
+    pub request: TestRequest,
 }
 
 impl TestResponse {
@@ -169,6 +185,16 @@ impl TestResponse {
             body: None,
             trailers: TestHeaders::default(),
             ctx: HashMap::new(),
+            request: TestRequest::get("/"),
+        }
+    }
+
+    /// A response to `request`, carrying its context values along as the gateway does.
+    pub fn answering(request: &TestRequest, status: u16) -> Self {
+        TestResponse {
+            ctx: request.ctx.clone(),
+            request: request.clone(),
+            ..TestResponse::new(status)
         }
     }
 
@@ -222,7 +248,7 @@ impl<P: Plugin> Harness<P> {
         } else {
             request.body.take()
         };
-        let action = self.plugin.on_request(&mut Request::test(request));
+        let action = self.plugin.on_request(&mut Request::from_test(request));
         if let Some(body) = hidden {
             request.body.get_or_insert(body);
         }
@@ -236,7 +262,7 @@ impl<P: Plugin> Harness<P> {
         } else {
             response.body.take()
         };
-        self.plugin.on_response(&mut Response::test(response));
+        self.plugin.on_response(&mut Response::from_test(response));
         if let Some(body) = hidden {
             response.body.get_or_insert(body);
         }

@@ -2,6 +2,7 @@
 //! functions plugins call through their request/response handles.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,16 +44,67 @@ enum Part {
 /// Per-request context values (`ctx:NAME`), sorted for stable logs.
 pub type Context = BTreeMap<String, String>;
 
+/// The request as the client sent it and who sent it: plugins read it in both phases (a
+/// response plugin's templates may name the request's path, say), and no plugin changes it.
+/// Every field is a cheap clone (shared bytes), taken once per request.
+pub struct RequestInfo {
+    /// Formatted only if a plugin asks for it.
+    pub client_ip: IpAddr,
+    pub route: Arc<str>,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    pub host_header: Option<HeaderValue>,
+}
+
+impl RequestInfo {
+    pub fn new(
+        client_ip: IpAddr,
+        route: Arc<str>,
+        request_id: HeaderValue,
+        parts: &http::request::Parts,
+    ) -> Self {
+        RequestInfo {
+            client_ip,
+            route,
+            request_id,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            host_header: parts.headers.get(http::header::HOST).cloned(),
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        RequestInfo {
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            route: Arc::from(""),
+            request_id: HeaderValue::from_static(""),
+            method: Method::GET,
+            uri: Uri::default(),
+            host_header: None,
+        }
+    }
+
+    /// The authority the client asked for: HTTP/2's `:authority`, else the `Host` header.
+    fn host(&self) -> Option<String> {
+        match (self.uri.authority(), &self.host_header) {
+            (Some(authority), _) => Some(authority.as_str().to_owned()),
+            (None, Some(host)) => host.to_str().ok().map(str::to_owned),
+            (None, None) => None,
+        }
+    }
+
+    fn request_id(&self) -> String {
+        self.request_id.to_str().unwrap_or_default().to_owned()
+    }
+}
+
 /// The request as the plugin sees it.
 pub struct RequestView {
     pub parts: http::request::Parts,
     /// `Some` when some plugin in the chain asked for the request body.
     pub body: Option<Bytes>,
     pub body_visible: bool,
-    /// Formatted only if a plugin asks for it.
-    pub client_ip: std::net::IpAddr,
-    pub route: Arc<str>,
-    pub request_id: HeaderValue,
 }
 
 /// The response as the plugin sees it.
@@ -72,6 +124,7 @@ pub struct CallState {
     pub request: Option<RequestView>,
     pub response: Option<ResponseView>,
     pub ctx: Context,
+    pub info: Option<RequestInfo>,
     /// Header bytes the current call has added.
     header_output: usize,
 }
@@ -93,6 +146,7 @@ impl CallState {
             request: None,
             response: None,
             ctx: Context::new(),
+            info: None,
             header_output: 0,
         }
     }
@@ -113,6 +167,11 @@ impl CallState {
 
     fn response(&mut self) -> &mut ResponseView {
         self.response.get_or_insert_with(empty_response)
+    }
+
+    fn info(&mut self) -> &RequestInfo {
+        // Lent for every call, like the views.
+        self.info.get_or_insert_with(RequestInfo::empty)
     }
 
     fn headers(&mut self, part: Part) -> &mut HeaderMap {
@@ -194,9 +253,6 @@ pub(crate) fn empty_request() -> RequestView {
         parts,
         body: None,
         body_visible: false,
-        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        route: Arc::from(""),
-        request_id: HeaderValue::from_static(""),
     }
 }
 
@@ -379,20 +435,20 @@ impl api::HostRequest for CallState {
         self.write_body(Part::Request, body)
     }
 
+    fn host(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.info().host()
+    }
+
     fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request().client_ip.to_string()
+        self.info().client_ip.to_string()
     }
 
     fn route(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request().route.to_string()
+        self.info().route.to_string()
     }
 
     fn request_id(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request()
-            .request_id
-            .to_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.info().request_id()
     }
 
     fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
@@ -497,6 +553,30 @@ impl api::HostResponse for CallState {
             .get_or_insert_with(HeaderMap::new)
             .insert(name, value);
         Ok(())
+    }
+
+    fn request_method(&mut self, _: Resource<ResponseHandle>) -> String {
+        self.info().method.as_str().to_owned()
+    }
+
+    fn request_path(&mut self, _: Resource<ResponseHandle>) -> String {
+        self.info().uri.path().to_owned()
+    }
+
+    fn request_host(&mut self, _: Resource<ResponseHandle>) -> Option<String> {
+        self.info().host()
+    }
+
+    fn client_ip(&mut self, _: Resource<ResponseHandle>) -> String {
+        self.info().client_ip.to_string()
+    }
+
+    fn route(&mut self, _: Resource<ResponseHandle>) -> String {
+        self.info().route.to_string()
+    }
+
+    fn request_id(&mut self, _: Resource<ResponseHandle>) -> String {
+        self.info().request_id()
     }
 
     fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {

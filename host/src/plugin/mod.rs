@@ -17,9 +17,9 @@ use std::time::Duration;
 
 pub use config::resolve_config;
 pub use host::reserved as reserved_header;
-pub use host::{Action, Context, Reply, RequestView, ResponseView};
+pub use host::{Action, Context, Reply, RequestInfo, RequestView, ResponseView};
 pub(crate) use host::{empty_request, empty_response};
-use pool::InstancePool;
+use pool::{InstancePool, Shared};
 
 use crate::config::{Diagnostics, Isolation, OnError, PluginConfig, Size, Spanned};
 
@@ -123,10 +123,12 @@ pub struct PluginChain {
     response_body: bool,
 }
 
-/// One request's passage through a chain: per-request instances live here between the
-/// request and the response phase.
+/// One request's passage through a chain: the request's identity, and per-request instances
+/// between the request and the response phase. A route without plugins uses the default.
+#[derive(Default)]
 pub struct ChainCall {
     held: Vec<pool::Held>,
+    info: Option<RequestInfo>,
 }
 
 /// How the request phase ended.
@@ -162,9 +164,10 @@ impl PluginChain {
     }
 
     /// Starts a request's passage through the chain.
-    pub fn begin(&self) -> ChainCall {
+    pub fn begin(&self, info: RequestInfo) -> ChainCall {
         ChainCall {
             held: self.links.iter().map(|_| pool::Held::default()).collect(),
+            info: Some(info),
         }
     }
 
@@ -189,9 +192,13 @@ impl PluginChain {
         view: &mut RequestView,
         ctx: &mut Context,
     ) -> Result<RequestOutcome, PluginFailure> {
-        for (index, (link, held)) in self.links.iter().zip(call.held.iter_mut()).enumerate() {
+        for (index, (link, held)) in self.links.iter().zip(&mut call.held).enumerate() {
             view.body_visible = link.pool.needs.request_body;
-            match link.pool.on_request(view, ctx, held) {
+            let shared = Shared {
+                ctx,
+                info: &mut call.info,
+            };
+            match link.pool.on_request(view, shared, held) {
                 Ok(Action::Continue) => {}
                 Ok(Action::Respond(reply)) => {
                     return Ok(RequestOutcome::Respond {
@@ -214,9 +221,13 @@ impl PluginChain {
         ctx: &mut Context,
     ) -> Result<(), PluginFailure> {
         let ran = ran.min(self.links.len());
-        for (link, held) in self.links[..ran].iter().zip(call.held.iter_mut()).rev() {
+        for (link, held) in self.links[..ran].iter().zip(&mut call.held).rev() {
             view.body_visible = link.pool.needs.response_body;
-            if let Err(failure) = link.pool.on_response(view, ctx, held) {
+            let shared = Shared {
+                ctx,
+                info: &mut call.info,
+            };
+            if let Err(failure) = link.pool.on_response(view, shared, held) {
                 link.failed(failure)?;
             }
         }

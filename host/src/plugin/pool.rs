@@ -14,7 +14,7 @@ use wasmtime::component::Resource;
 
 use super::engine::{PluginEngine, ticks};
 use super::host::{
-    Action, CallState, Context, PluginWorld, PluginWorldPre, RequestView, ResponseView,
+    Action, CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
 };
 use super::{PluginFailure, PluginSpec};
 use crate::config::Isolation;
@@ -42,6 +42,13 @@ pub struct InstancePool {
 struct Instance {
     store: Store<CallState>,
     world: PluginWorld,
+}
+
+/// What every plugin of a request's chain shares: the context values and the request's
+/// identity. Both are lent to the instance for a call and come back after it.
+pub struct Shared<'a> {
+    pub ctx: &'a mut Context,
+    pub info: &'a mut Option<RequestInfo>,
 }
 
 /// With `isolation = "per-request"`, the request's own instance, kept from `on-request` to
@@ -125,7 +132,7 @@ impl InstancePool {
     pub fn on_request(
         &self,
         view: &mut RequestView,
-        ctx: &mut Context,
+        shared: Shared<'_>,
         held: &mut Held,
     ) -> Result<Action, PluginFailure> {
         // Check out first: if that fails, the view has not moved.
@@ -134,7 +141,7 @@ impl InstancePool {
         let (action, instance) = self.call(
             instance,
             "on-request",
-            ctx,
+            shared,
             |state| state.request = Some(lent),
             |instance| {
                 instance
@@ -160,7 +167,7 @@ impl InstancePool {
     pub fn on_response(
         &self,
         view: &mut ResponseView,
-        ctx: &mut Context,
+        shared: Shared<'_>,
         held: &mut Held,
     ) -> Result<(), PluginFailure> {
         let instance = match held.0.take() {
@@ -171,7 +178,7 @@ impl InstancePool {
         let ((), instance) = self.call(
             instance,
             "on-response",
-            ctx,
+            shared,
             |state| state.response = Some(lent),
             |instance| {
                 instance
@@ -189,14 +196,14 @@ impl InstancePool {
         Ok(())
     }
 
-    /// One call into an instance: lend it the request data (`lend`) and the context, run
+    /// One call into an instance: lend it the message (`lend`) and the request's shared data, run
     /// `invoke` within the time limit, and take the data back (`reclaim`). The instance comes
     /// back only if the call did not trap; a trapped one is dropped.
     fn call<R>(
         &self,
         mut instance: Instance,
         what: &str,
-        ctx: &mut Context,
+        shared: Shared<'_>,
         lend: impl FnOnce(&mut CallState),
         invoke: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
         reclaim: impl FnOnce(&mut CallState),
@@ -204,14 +211,16 @@ impl InstancePool {
         let state = instance.store.data_mut();
         state.begin_call();
         lend(state);
-        state.ctx = std::mem::take(ctx);
+        state.ctx = std::mem::take(shared.ctx);
+        state.info = shared.info.take();
         instance
             .store
             .set_epoch_deadline(ticks(self.spec.time_limit));
         let result = invoke(&mut instance);
         let state = instance.store.data_mut();
         reclaim(state);
-        *ctx = std::mem::take(&mut state.ctx);
+        *shared.ctx = std::mem::take(&mut state.ctx);
+        *shared.info = state.info.take();
         match result {
             Ok(value) => Ok((value, instance)),
             Err(err) => Err(self.trap_failure(&format!("{what} failed"), &err)),

@@ -21,6 +21,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::plugin::ChainCall;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
@@ -101,7 +102,7 @@ async fn proxy(
             None,
             Some(incoming),
             rewritten_path,
-            route.plugins.begin(),
+            ChainCall::default(),
         )
     } else {
         let identity = (client_ip, route.name.clone(), record.request_id().clone());

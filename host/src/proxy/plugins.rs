@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use super::body::ResponseBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::{
-    ChainCall, Context, PluginChain, PluginFailure, Reply, RequestOutcome, RequestView,
-    ResponseView,
+    ChainCall, Context, PluginChain, PluginFailure, Reply, RequestInfo, RequestOutcome,
+    RequestView, ResponseView,
 };
 
 /// The request after the request phase.
@@ -56,23 +56,21 @@ pub async fn request_phase(
     } else {
         (None, Some(incoming))
     };
-    let original_path = parts.uri.path().to_owned();
     let (client_ip, route, request_id) = identity;
+    let info = RequestInfo::new(client_ip, route, request_id, &parts);
+    let original_path = info.uri.clone();
     let mut view = RequestView {
         parts,
         body,
         body_visible: false,
-        client_ip,
-        route,
-        request_id,
     };
-    let mut call = chain.begin();
+    let mut call = chain.begin(info);
     match chain
         .on_request(&mut call, &mut view, ctx)
         .map_err(plugin_error)?
     {
         RequestOutcome::Continue => {
-            let path_changed = view.parts.uri.path() != original_path;
+            let path_changed = view.parts.uri.path() != original_path.path();
             if let Some(body) = &view.body {
                 view.parts
                     .headers
