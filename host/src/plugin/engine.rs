@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::host::{CallState, PluginWorld, PluginWorldPre};
 
@@ -21,6 +21,11 @@ pub const MAX_MEMORY: usize = 256 * 1024 * 1024;
 const MAX_CACHED_MODULES: usize = 64;
 /// Plugin instances (pooled or per request) alive at once, process-wide.
 const MAX_INSTANCES: u32 = 2000;
+/// Dirty linear-memory bytes of a dropped instance that are reset in place (copied back from
+/// the module's image) rather than given back to the kernel. A Rust plugin dirties a handful
+/// of pages per request (its stack top, statics, a few heap pages), so this covers it whole.
+const MEMORY_KEEP_RESIDENT: usize = 2 * 1024 * 1024;
+const TABLE_KEEP_RESIDENT: usize = 64 * 1024;
 
 pub struct PluginEngine {
     pub engine: Engine,
@@ -46,7 +51,18 @@ impl PluginEngine {
             .total_core_instances(MAX_INSTANCES * 4)
             .total_memories(MAX_INSTANCES * 2)
             .total_tables(MAX_INSTANCES * 4)
-            .max_memory_size(MAX_MEMORY);
+            .max_memory_size(MAX_MEMORY)
+            // Per-request isolation drops an instance per request. By default its pages go back
+            // to the kernel (`madvise`), and the next instance in the slot faults them in again:
+            // most of that mode's cost. With Linux's PAGEMAP_SCAN (6.7+) wasmtime finds the
+            // pages the instance actually wrote and restores just those in place. Without it,
+            // keep-resident would `memset` the whole prefix, slower than the faults (measured:
+            // see docs/benchmarks.md), so it is only turned on together with the scan.
+            .pagemap_scan(Enabled::Auto);
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+                .table_keep_resident(TABLE_KEEP_RESIDENT);
+        }
         let mut config = Config::new();
         config
             .wasm_component_model(true)
