@@ -55,6 +55,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream answered with something that is not valid HTTP.
     UpstreamProtocol,
+    /// A plugin needs the upstream's response body, and it is over `max_body_bytes`.
+    ResponseTooLarge,
     /// A plugin failed while handling the request.
     PluginFailed,
     Internal,
@@ -67,9 +69,10 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::ResponseTooLarge => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::PluginFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +90,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "the upstream closed the connection",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
             ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
+            ErrorKind::ResponseTooLarge => "the upstream's response is too large to process",
             ErrorKind::PluginFailed => "a plugin failed",
             ErrorKind::Internal => "internal error",
         }
@@ -105,6 +109,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::ResponseTooLarge => "upstream_response_too_large",
             ErrorKind::PluginFailed => "plugin_failed",
             ErrorKind::Internal => "internal_error",
         }
@@ -146,6 +151,8 @@ impl ProxyError {
             ErrorKind::UpstreamReset | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => {
                 (Side::Upstream, RetrySafety::MaybeProcessed)
             }
+            // The upstream did its work; only the gateway cannot buffer the answer.
+            ErrorKind::ResponseTooLarge => (Side::Upstream, RetrySafety::Never),
             ErrorKind::PluginFailed => (Side::Plugin, RetrySafety::Never),
         };
         ProxyError {

@@ -146,6 +146,27 @@ async fn bodies_only_for_plugins_that_declare_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_response_too_large_for_a_body_plugin_is_a_clear_502() {
+    let upstream = TestUpstream::start("app").await;
+    let routes = "[[routes]]\npath = \"/body\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"body\" } }]\n";
+    let text = config(&upstream, &test_plugin(""), routes)
+        .replace("[server]\n", "[server]\nmax_body_bytes = \"1KiB\"\n");
+    let gateway = GatewayProcess::start(&text);
+    let client = HttpClient::http1();
+    // The request fits; the upstream's echo of it (body plus headers, as JSON) does not.
+    let reply = client
+        .send(Method::POST, &gateway.url("/body"), &[], "x".repeat(1000))
+        .await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "upstream_response_too_large");
+    assert_eq!(upstream.hits(), 1, "never retried");
+    let small = client
+        .send(Method::POST, &gateway.url("/body"), &[], "small")
+        .await;
+    assert_eq!(small.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn same_module_different_config_per_route() {
     let upstream = TestUpstream::start("app").await;
     let routes = "[[routes]]\nname = \"one\"\npath = \"/one\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"route\", name = \"first\" } }]\n\n\

@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::body::ResponseBody;
+use super::body::{BoxError, ResponseBody, ResponseTimedOut};
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::{
     ChainCall, Context, PluginChain, PluginFailure, Reply, RequestInfo, RequestOutcome,
@@ -135,6 +135,29 @@ fn reply_response(reply: Reply) -> Response<ResponseBody> {
     response
 }
 
+/// Why the upstream's response body could not be buffered for the plugins.
+fn response_body_error(err: BoxError, max_body_bytes: u64) -> ProxyError {
+    let (kind, message) = if err.is::<http_body_util::LengthLimitError>() {
+        (
+            ErrorKind::ResponseTooLarge,
+            format!(
+                "the upstream's response body exceeds max_body_bytes ({max_body_bytes}), which the route's plugins read whole"
+            ),
+        )
+    } else if err.is::<ResponseTimedOut>() {
+        (
+            ErrorKind::UpstreamTimeout,
+            "the upstream's response body did not arrive in time".to_owned(),
+        )
+    } else {
+        (
+            ErrorKind::UpstreamReset,
+            "the upstream's response body failed before it was complete".to_owned(),
+        )
+    };
+    ProxyError::new(kind, message).with_source(err)
+}
+
 /// Runs the response phase of the first `ran` plugins.
 pub async fn response_phase(
     chain: &PluginChain,
@@ -151,13 +174,10 @@ pub async fn response_phase(
     let buffer = chain.needs_response_body();
     let (buffered, trailers, streaming) = if buffer {
         let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-        let collected = Limited::new(body, limit).collect().await.map_err(|err| {
-            ProxyError::new(
-                ErrorKind::UpstreamProtocol,
-                "the upstream's response body could not be read for the plugins",
-            )
-            .with_source(err)
-        })?;
+        let collected = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|err| response_body_error(err, max_body_bytes))?;
         let trailers = collected.trailers().cloned();
         (Some(collected.to_bytes()), trailers, None)
     } else {
