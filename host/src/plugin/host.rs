@@ -318,7 +318,10 @@ pub fn reserved(name: &HeaderName) -> bool {
 
 fn set(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
     let name = header_name(name)?;
-    if reserved(&name) {
+    // `te: trailers` is the one TE that HTTP/2 allows, and gRPC requires it: a plugin turning
+    // a request into a gRPC call must be able to say it.
+    let te_trailers = name == http::header::TE && value.eq_ignore_ascii_case(b"trailers");
+    if reserved(&name) && !te_trailers {
         return Err(format!("`{name}` is managed by the gateway"));
     }
     let value = header_value(value)?;
@@ -547,6 +550,9 @@ impl api::HostResponse for CallState {
             return Err("the plugin did not declare `response-body`".into());
         }
         let name = header_name(&name)?;
+        if reserved(&name) {
+            return Err(format!("`{name}` is managed by the gateway"));
+        }
         let value = header_value(&value)?;
         response
             .trailers
@@ -581,5 +587,21 @@ impl api::HostResponse for CallState {
 
     fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_headers_are_refused_except_te_trailers() {
+        let mut headers = HeaderMap::new();
+        assert!(set(&mut headers, "content-length", b"5", false).is_err());
+        assert!(set(&mut headers, "te", b"gzip", false).is_err());
+        assert!(set(&mut headers, "x-ok", b"1", true).is_ok());
+        assert!(set(&mut headers, "TE", b"Trailers", false).is_ok());
+        assert_eq!(headers["te"], "Trailers");
+        assert!(!headers.contains_key("content-length"));
     }
 }
