@@ -3,7 +3,8 @@
 //! reload recompiles only modules that changed.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -32,6 +33,79 @@ pub struct PluginEngine {
     linker: Linker<CallState>,
     /// Compiled components by SHA-256 of their bytes.
     compiled: Mutex<HashMap<[u8; 32], PluginWorldPre<CallState>>>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// The thread that advances the engine's epoch every [`EPOCH_TICK`] while plugin code runs.
+/// When none runs it parks, so an idle gateway does not wake up a thousand times a second;
+/// the first call after that wakes it.
+struct EpochTicker {
+    /// Plugin calls and instantiations in progress.
+    running: AtomicUsize,
+    parked: AtomicBool,
+    thread: std::thread::Thread,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Result<Arc<EpochTicker>, String> {
+        let engine = engine.weak();
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Arc<EpochTicker>>(1);
+        let thread = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                let Ok(ticker) = receiver.recv() else { return };
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    engine.increment_epoch();
+                    drop(engine);
+                    ticker.park_while_idle();
+                }
+            })
+            .map_err(|err| format!("cannot start the plugin timer: {err}"))?;
+        let ticker = Arc::new(EpochTicker {
+            running: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            thread: thread.thread().clone(),
+        });
+        sender
+            .send(ticker.clone())
+            .map_err(|_| "the plugin timer stopped at start".to_owned())?;
+        Ok(ticker)
+    }
+
+    /// On the ticker thread. The two sides form a Dekker-style handshake (sequentially
+    /// consistent on both): either this load sees a call's increment and does not park, or
+    /// that call's load sees `parked` and unparks. `park` keeps an early unpark's token, so
+    /// no wake-up is lost.
+    fn park_while_idle(&self) {
+        if self.running.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        self.parked.store(true, Ordering::SeqCst);
+        if self.running.load(Ordering::SeqCst) == 0 {
+            std::thread::park();
+        }
+        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    fn enter(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Plugin code is running; see [`PluginEngine::running`].
+pub struct Running<'a>(&'a EpochTicker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl PluginEngine {
@@ -78,22 +152,20 @@ impl PluginEngine {
             |state| state,
         )
         .map_err(|err| format!("cannot link the plugin API: {err:#}"))?;
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|err| format!("cannot start the plugin timer: {err}"))?;
+        let ticker = EpochTicker::start(&engine)?;
         Ok(PluginEngine {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            ticker,
         })
+    }
+
+    /// Marks plugin code running (a call or an instantiation) until the guard is dropped, so
+    /// that the epoch advances and the time limit holds.
+    pub fn running(&self) -> Running<'_> {
+        self.ticker.enter();
+        Running(&self.ticker)
     }
 
     /// Compiles (or finds in the cache) a plugin component and links it.

@@ -32,6 +32,7 @@ pub struct Needs {
 }
 
 pub struct InstancePool {
+    engine: &'static PluginEngine,
     pub spec: Arc<PluginSpec>,
     pre: PluginWorldPre<CallState>,
     config_json: String,
@@ -65,6 +66,7 @@ impl InstancePool {
         config_json: String,
     ) -> Result<Self, String> {
         let mut pool = InstancePool {
+            engine: PluginEngine::get()?,
             spec,
             pre,
             config_json,
@@ -80,9 +82,9 @@ impl InstancePool {
     }
 
     fn instantiate(&self) -> Result<(Instance, Needs), PluginFailure> {
-        let engine = PluginEngine::get().map_err(|message| self.failure(message))?;
+        let _running = self.engine.running();
         let mut store = Store::new(
-            &engine.engine,
+            &self.engine.engine,
             CallState::new(self.spec.name.clone(), self.spec.memory_limit),
         );
         store.limiter(CallState::limiter);
@@ -216,7 +218,10 @@ impl InstancePool {
         instance
             .store
             .set_epoch_deadline(ticks(self.spec.time_limit));
-        let result = invoke(&mut instance);
+        let result = {
+            let _running = self.engine.running();
+            invoke(&mut instance)
+        };
         let state = instance.store.data_mut();
         reclaim(state);
         *shared.ctx = std::mem::take(&mut state.ctx);
