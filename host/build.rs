@@ -1,10 +1,10 @@
 //! Builds the workspace's plugin crates for `wasm32-wasip2`, so that `cargo build`, `cargo
 //! test` and `cargo demo` need no separate step. The modules land in
 //! `target/wasm-plugins/wasm32-wasip2/release/*.wasm`; `WASMGATE_PLUGIN_DIR` tells the crate
-//! (the demo embeds `first_plugin.wasm`) and its tests where.
+//! (the demo embeds `first_plugin.wasm`, `jwt.wasm` and `headers.wasm`) and its tests where.
 //!
 //! The nested cargo uses its own target directory, so it never waits for the outer build's
-//! lock. Set `WASMGATE_SKIP_PLUGIN_BUILD=1` to skip it (the demo then has no plugin).
+//! lock. Set `WASMGATE_SKIP_PLUGIN_BUILD=1` to skip it (the demo then has no plugins).
 
 use std::env;
 use std::path::PathBuf;
@@ -13,6 +13,8 @@ use std::process::Command;
 /// Crates built to WebAssembly, relative to the workspace root.
 const PLUGIN_CRATES: &[(&str, &str)] = &[
     ("first-plugin", "examples/first-plugin"),
+    ("jwt", "plugins/jwt"),
+    ("headers", "plugins/headers"),
     ("test-plugins", "tests/plugins/test-plugins"),
 ];
 
@@ -81,8 +83,11 @@ fn main() {
              `rustup target add wasm32-wasip2` (rust-toolchain.toml lists it)"
         );
     }
-    // The demo embeds the first plugin when it was built.
-    if out.join("first_plugin.wasm").exists() {
+    // The demo embeds its plugins when they were built.
+    if ["first_plugin.wasm", "jwt.wasm", "headers.wasm"]
+        .iter()
+        .all(|module| out.join(module).exists())
+    {
         println!("cargo:rustc-cfg=wasmgate_demo_plugin");
     }
 }

@@ -1,6 +1,6 @@
 //! `wasmgate demo`: two small in-process upstreams and an embedded config in front of them, so
-//! a newcomer sees routing, rewriting, a weighted canary split and header-based routing with
-//! nothing but the binary.
+//! a newcomer sees routing, rewriting, a weighted canary split, header-based routing and the
+//! WebAssembly plugins (first-plugin, jwt, headers) with nothing but the binary.
 
 use std::convert::Infallible;
 use std::io;
@@ -27,23 +27,8 @@ pub async fn start(listen: &str) -> io::Result<Demo> {
     let v1 = spawn_upstream("users-v1").await?;
     let v2 = spawn_upstream("users-v2").await?;
     let mut text = demo_config(listen, v1, v2);
-    if let Some(plugin) = write_demo_plugin()? {
-        text.push_str(&format!(
-            r#"
-# A WebAssembly plugin (examples/first-plugin): adds `x-hello: world` to every response of the
-# route and answers `x-block: 1` requests itself with 403.
-[plugins.hello]
-path = "{}"
-
-[[routes]]
-name = "hello"
-path = "/hello/{{*rest}}"
-upstream = "v1"
-rewrite = "/{{rest}}"
-plugins = [{{ use = "hello", config = {{ header = "x-hello", value = "world" }} }}]
-"#,
-            plugin.display()
-        ));
+    if let Some(dir) = write_demo_plugins()? {
+        text.push_str(&plugin_config(&dir));
     }
     let config = config::load_str(Path::new("<demo>"), text).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -94,21 +79,93 @@ rewrite = "/{{rest}}"
     )
 }
 
-/// The first-plugin example, built by the workspace and embedded in the binary, written to a
-/// temporary file for the demo config to load.
+/// The HMAC secret of the demo's `/secure/` route. Anyone who reads this file can sign tokens
+/// with it: it is for the demo only.
+pub const DEMO_JWT_SECRET: &str = "wasmgate-demo-secret-not-for-production";
+
+/// An HS256 token signed with [`DEMO_JWT_SECRET`]: `{"sub":"demo-user","iss":"wasmgate-demo",
+/// "exp":4102444800}` (it expires on 2100-01-01), so the demo's curl lines keep working.
+pub const DEMO_JWT_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+     eyJzdWIiOiJkZW1vLXVzZXIiLCJpc3MiOiJ3YXNtZ2F0ZS1kZW1vIiwiZXhwIjo0MTAyNDQ0ODAwfQ.\
+     LIWK2dH1n71vFfGzdeXpblo8ejI3zjOD-ntadiKPfGM";
+
+/// The routes with WebAssembly plugins, loading the modules from `dir`.
+fn plugin_config(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+# WebAssembly plugins, built by the workspace and embedded in the binary.
+# examples/first-plugin: adds `x-hello: world` to every response of the route and answers
+# `x-block: 1` requests itself with 403.
+[plugins.hello]
+path = "{dir}/first_plugin.wasm"
+
+# The first-party plugins (plugins/jwt and plugins/headers; docs/first-party-plugins.md).
+[plugins.jwt]
+path = "{dir}/jwt.wasm"
+
+[plugins.headers]
+path = "{dir}/headers.wasm"
+
+[[routes]]
+name = "hello"
+path = "/hello/{{*rest}}"
+upstream = "v1"
+rewrite = "/{{rest}}"
+plugins = [{{ use = "hello", config = {{ header = "x-hello", value = "world" }} }}]
+
+# JWT authentication: HS256 tokens signed with the demo secret and issued by `wasmgate-demo`.
+# The token's `sub` reaches the upstream as `x-user-id` (a client's own `x-user-id` is removed)
+# and the headers plugin as the context value `user_id`.
+[[routes]]
+name = "secure"
+path = "/secure/{{*rest}}"
+upstream = "v1"
+rewrite = "/{{rest}}"
+plugins = [
+  {{ use = "jwt", config = {{ algorithms = ["HS256"], secret = "{DEMO_JWT_SECRET}", issuer = "wasmgate-demo", claims_to_headers = {{ sub = "x-user-id" }}, claims_to_context = {{ sub = "user_id" }} }} }},
+  {{ use = "headers", config = {{ response = {{ set = {{ "x-user" = "{{ctx.user_id}}" }} }} }} }},
+]
+
+# Header rewriting with templates, on the request and on the response.
+[[routes]]
+name = "headers"
+path = "/headers/{{*rest}}"
+upstream = "v1"
+rewrite = "/{{rest}}"
+plugins = [{{ use = "headers", config = {{ request = {{ remove = ["x-debug"], set = {{ "x-client" = "{{client_ip}}", "x-original" = "{{method}} {{path}}" }} }}, response = {{ set = {{ "x-served-for" = "{{method}} {{path}} ({{request_id}})" }}, add = {{ "cache-control" = "no-store" }} }} }} }}]
+"#
+    )
+}
+
+/// The plugins the workspace built, embedded in the binary and written to a temporary folder
+/// for the demo config to load.
 #[cfg(wasmgate_demo_plugin)]
-fn write_demo_plugin() -> io::Result<Option<std::path::PathBuf>> {
-    const FIRST_PLUGIN: &[u8] =
-        include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/first_plugin.wasm"));
+fn write_demo_plugins() -> io::Result<Option<std::path::PathBuf>> {
+    const MODULES: &[(&str, &[u8])] = &[
+        (
+            "first_plugin.wasm",
+            include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/first_plugin.wasm")),
+        ),
+        (
+            "jwt.wasm",
+            include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/jwt.wasm")),
+        ),
+        (
+            "headers.wasm",
+            include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/headers.wasm")),
+        ),
+    ];
     let dir = std::env::temp_dir().join(format!("wasmgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("first_plugin.wasm");
-    std::fs::write(&path, FIRST_PLUGIN)?;
-    Ok(Some(path))
+    for (name, bytes) in MODULES {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    Ok(Some(dir))
 }
 
 #[cfg(not(wasmgate_demo_plugin))]
-fn write_demo_plugin() -> io::Result<Option<std::path::PathBuf>> {
+fn write_demo_plugins() -> io::Result<Option<std::path::PathBuf>> {
     Ok(None)
 }
 
@@ -122,6 +179,10 @@ pub fn instructions(addr: SocketAddr) -> String {
          curl -si http://{addr}/nowhere                      # 404 with a JSON body\n  \
          curl -si http://{addr}/hello/there                  # plugin adds x-hello: world\n  \
          curl -si -H 'x-block: 1' http://{addr}/hello/there  # plugin answers 403 itself\n  \
+         curl -si http://{addr}/secure/me                    # jwt plugin: 401 without a token\n  \
+         TOKEN={DEMO_JWT_TOKEN}\n  \
+         curl -si -H \"authorization: Bearer $TOKEN\" http://{addr}/secure/me  # upstream sees x-user-id: demo-user\n  \
+         curl -si -H 'x-debug: 1' http://{addr}/headers/hi   # headers plugin: request and response rewritten\n  \
          for i in $(seq 20); do curl -s http://{addr}/users/1 | grep -o 'users-v[12]'; done | sort | uniq -c\n\
          Access log lines (JSON) go to stdout; press Ctrl-C to drain and stop."
     )
@@ -178,22 +239,38 @@ fn describe(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn demo_config_is_valid() {
-        let text = demo_config(
-            "127.0.0.1:0",
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
+    fn build(text: String) -> crate::snapshot::Snapshot {
         let loaded = config::load_str(Path::new("<demo>"), text).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let snapshot = runtime
-            .block_on(async { crate::snapshot::Snapshot::build(&loaded) })
-            .unwrap();
-        assert_eq!(snapshot.router.len(), 3);
-        assert!(write_demo_plugin().is_ok());
+        runtime
+            .block_on(async { crate::snapshot::Snapshot::build(&loaded, None) })
+            .unwrap()
+    }
+
+    fn addresses() -> (&'static str, SocketAddr, SocketAddr) {
+        (
+            "127.0.0.1:0",
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let (listen, v1, v2) = addresses();
+        assert_eq!(build(demo_config(listen, v1, v2)).router.len(), 3);
+    }
+
+    /// Builds the plugin routes too, which runs each plugin's `init` with the demo's config.
+    #[cfg(wasmgate_demo_plugin)]
+    #[test]
+    fn demo_plugins_accept_their_configs() {
+        let (listen, v1, v2) = addresses();
+        let dir = write_demo_plugins().unwrap().unwrap();
+        let text = demo_config(listen, v1, v2) + &plugin_config(&dir);
+        assert_eq!(build(text).router.len(), 6);
     }
 }

@@ -152,6 +152,42 @@ async fn demo_serves_its_routes() {
         )
         .await;
     assert_eq!(blocked.status, 403);
+    // The first-party plugins: jwt on /secure/ with the token the demo prints, and headers.
+    let denied = client.get(&format!("http://{addr}/secure/me")).await;
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.headers["www-authenticate"], "Bearer");
+    let token = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "no TOKEN= line");
+        if let Some(token) = line.trim().strip_prefix("TOKEN=") {
+            break token.to_owned();
+        }
+    };
+    let authorization = format!("Bearer {token}");
+    let secure = client
+        .send(
+            http::Method::GET,
+            &format!("http://{addr}/secure/me"),
+            &[("authorization", &authorization)],
+            "",
+        )
+        .await;
+    assert_eq!(secure.status, 200, "{}", secure.text());
+    assert_eq!(secure.json()["headers"]["x-user-id"], "demo-user");
+    assert_eq!(secure.headers["x-user"], "demo-user");
+    let rewritten = client
+        .send(
+            http::Method::GET,
+            &format!("http://{addr}/headers/hi"),
+            &[("x-debug", "1")],
+            "",
+        )
+        .await;
+    assert_eq!(rewritten.status, 200);
+    let seen = rewritten.json();
+    assert!(seen["headers"].get("x-debug").is_none());
+    assert_eq!(seen["headers"]["x-original"], "GET /headers/hi");
+    assert_eq!(rewritten.headers["cache-control"], "no-store");
     let _ = child.kill();
     let _ = child.wait();
 }

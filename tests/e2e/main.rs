@@ -5,6 +5,7 @@ mod support;
 
 mod balancing;
 mod cli;
+mod first_party;
 mod forwarding;
 mod limits;
 mod plugins;
