@@ -7,6 +7,7 @@
 //! See docs/first-party-plugins.md for the config and every decision.
 
 pub mod bearer;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod keys;

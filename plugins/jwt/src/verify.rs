@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use wasmgate_sdk::serde_json::{self, Value};
 
+use crate::cache::VerifiedTokens;
 use crate::claims::{self, Claims};
 use crate::config::ClaimRules;
 use crate::keys::{KeyStore, NoKey};
@@ -19,6 +20,7 @@ pub struct Verifier {
     algorithms: Vec<(Algorithm, Validation)>,
     keys: KeyStore,
     rules: ClaimRules,
+    verified: VerifiedTokens,
 }
 
 /// The JOSE header members that decide how a token is verified.
@@ -46,11 +48,24 @@ impl Verifier {
             algorithms,
             keys,
             rules,
+            verified: VerifiedTokens::default(),
         }
     }
 
     /// The token's claims if it is valid at `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Rejection> {
+    pub fn verify(&mut self, token: &str, now: u64) -> Result<Claims, Rejection> {
+        if let Some(claims) = self.verified.get(token) {
+            claims::check(claims, &self.rules, now)?;
+            return Ok(claims.clone());
+        }
+        let claims = self.verify_signature(token)?;
+        claims::check(&claims, &self.rules, now)?;
+        self.verified.insert(token, &claims);
+        Ok(claims)
+    }
+
+    /// The claims of a token whose header and signature are good.
+    fn verify_signature(&self, token: &str) -> Result<Claims, Rejection> {
         let header = jose_header(token)?;
         if header.alg.eq_ignore_ascii_case("none") {
             return Err(Rejection::Unsigned);
@@ -88,9 +103,7 @@ impl Verifier {
                 Err(err) => return Err(rejection(err.kind())),
             }
         }
-        let claims = verified.ok_or(Rejection::BadSignature)?;
-        claims::check(&claims, &self.rules, now)?;
-        Ok(claims)
+        verified.ok_or(Rejection::BadSignature)
     }
 }
 

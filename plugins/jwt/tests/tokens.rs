@@ -434,3 +434,32 @@ fn optional_lets_only_tokenless_requests_through() {
     let expired = key.sign(&json!({ "sub": "u", "exp": now() - 60 }));
     assert_eq!(refused(&mut plugin, &expired), "token expired");
 }
+
+/// A token verified once is remembered by the instance, but its claims are checked again on
+/// every request: a remembered token still expires.
+#[test]
+fn remembered_tokens_still_expire() {
+    use jwt::config::ClaimRules;
+    use jwt::keys::KeyStore;
+    use jwt::rejection::Rejection;
+    use jwt::verify::Verifier;
+
+    let key = SigningKey::rsa("rsa-a.pem", Algorithm::RS256, "a");
+    let algorithms = [Algorithm::RS256];
+    let keys = KeyStore::new(&algorithms, None, Some(&jwks(&[&key]))).unwrap();
+    let mut verifier = Verifier::new(&algorithms, keys, ClaimRules::default());
+    let exp = now() + 60;
+    let token = key.sign(&json!({ "sub": "u", "exp": exp }));
+    assert_eq!(verifier.verify(&token, now()).unwrap()["sub"], "u");
+    assert_eq!(verifier.verify(&token, now()).unwrap()["sub"], "u");
+    assert_eq!(verifier.verify(&token, exp), Err(Rejection::Expired));
+    // A token that differs in one character of its signature is not the remembered one (a
+    // character inside the signature: the last one also carries padding bits).
+    let at = token.len() - 10;
+    let replacement = if &token[at..at + 1] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{replacement}{}", &token[..at], &token[at + 1..]);
+    assert_eq!(
+        verifier.verify(&tampered, now()),
+        Err(Rejection::BadSignature)
+    );
+}
