@@ -327,6 +327,14 @@ impl<'a> Response<'a> {
         }
     }
 
+    /// Removes a trailer (ignored without `response_body`, and for reserved names).
+    pub fn remove_trailer(&mut self, name: &str) {
+        match &mut self.inner {
+            ResponseRef::Host(r) => r.remove_trailer(name),
+            ResponseRef::Test(t) => t.trailers.remove(name),
+        }
+    }
+
     /// The method of the request this response answers, as the client sent it.
     pub fn request_method(&self) -> String {
         match &self.inner {

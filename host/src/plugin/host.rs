@@ -125,6 +125,8 @@ pub struct CallState {
     pub response: Option<ResponseView>,
     pub ctx: Context,
     pub info: Option<RequestInfo>,
+    /// The running call's time limit.
+    pub deadline: super::deadline::Deadline,
     /// Header bytes the current call has added.
     header_output: usize,
 }
@@ -147,6 +149,7 @@ impl CallState {
             response: None,
             ctx: Context::new(),
             info: None,
+            deadline: Default::default(),
             header_output: 0,
         }
     }
@@ -559,6 +562,18 @@ impl api::HostResponse for CallState {
             .get_or_insert_with(HeaderMap::new)
             .insert(name, value);
         Ok(())
+    }
+
+    fn remove_trailer(&mut self, _: Resource<ResponseHandle>, name: String) {
+        let response = self.response();
+        if !response.body_visible {
+            return;
+        }
+        if let (Ok(name), Some(trailers)) = (header_name(&name), response.trailers.as_mut())
+            && !reserved(&name)
+        {
+            trailers.remove(name);
+        }
     }
 
     fn request_method(&mut self, _: Resource<ResponseHandle>) -> String {
