@@ -246,7 +246,7 @@ mod tests {
             .build()
             .unwrap();
         runtime
-            .block_on(async { crate::snapshot::Snapshot::build(&loaded) })
+            .block_on(async { crate::snapshot::Snapshot::build(&loaded, None) })
             .unwrap()
     }
 

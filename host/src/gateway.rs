@@ -1,4 +1,5 @@
-//! A running gateway: the current snapshot, the listeners, and the signals that drive them.
+//! A running gateway: the current snapshot, the listeners (public and admin), and what
+//! reloads it.
 
 use std::future::Future;
 use std::io;
@@ -7,39 +8,63 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::config;
-use crate::error::ConfigErrors;
+use crate::admin::{self, Admin};
+use crate::reload::{self, Reloader};
 use crate::server::{self, Listeners};
 use crate::snapshot::{ListenerSettings, Snapshot};
 
 pub struct Gateway {
     state: Arc<ArcSwap<Snapshot>>,
     listeners: Listeners,
+    admin: Option<TcpListener>,
     settings: ListenerSettings,
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Gateway {
-    /// Binds the listeners of `snapshot` and starts its background work.
-    pub fn bind(snapshot: Snapshot) -> io::Result<Gateway> {
+    /// Binds the listeners (the admin API's too) of `snapshot` and starts its background work.
+    pub async fn bind(snapshot: Snapshot) -> io::Result<Gateway> {
         let settings = snapshot.listeners.clone();
         let listeners = Listeners::bind(&settings)?;
+        let admin = match settings.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {addr} (admin): {err}"),
+                )
+            })?),
+            None => None,
+        };
         snapshot.start();
         Ok(Gateway {
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             listeners,
+            admin,
             settings,
+            reloader: None,
         })
+    }
+
+    /// Reloads from `path` whenever it or a file it names changes, on SIGHUP, and on the
+    /// admin API's `POST /reload`.
+    pub fn reload_from(&mut self, path: PathBuf) {
+        let reloader = Reloader::new(path, self.state.clone());
+        reload::reload_on_sighup(reloader.clone());
+        if let Err(err) = reload::spawn_watcher(reloader.clone(), tokio::runtime::Handle::current())
+        {
+            tracing::error!(
+                "cannot watch the config for changes (SIGHUP and POST /reload still reload): {err}"
+            );
+        }
+        self.reloader = Some(reloader);
     }
 
     /// Plain and TLS addresses actually bound.
     pub fn addresses(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
         self.listeners.addresses()
-    }
-
-    /// Handle to the current snapshot, for reloads.
-    pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
-        self.state.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains.
@@ -51,24 +76,19 @@ impl Gateway {
         for addr in tls {
             tracing::info!("listening on https://{addr}");
         }
+        let stop_admin = CancellationToken::new();
+        if let Some(listener) = self.admin {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("admin API on http://{addr}");
+            }
+            let admin = Arc::new(Admin {
+                reloader: self.reloader.clone(),
+            });
+            tokio::spawn(admin::serve(listener, admin, stop_admin.clone()));
+        }
         server::serve(self.listeners, self.state, &self.settings, shutdown).await;
+        stop_admin.cancel();
     }
-}
-
-/// Re-reads the config file and swaps in a new snapshot; on any error nothing changes.
-/// Requests in flight finish on the snapshot they started with. Listener changes need a restart.
-pub fn reload(path: &std::path::Path, state: &ArcSwap<Snapshot>) -> Result<(), ConfigErrors> {
-    let loaded = config::load_file(path).map_err(ConfigErrors)?;
-    let snapshot = Snapshot::build(&loaded)?;
-    let old = state.load();
-    if snapshot.listeners.listen != old.listeners.listen
-        || snapshot.listeners.tls_listen != old.listeners.tls_listen
-    {
-        tracing::warn!("listen addresses changed: the new addresses take effect after a restart");
-    }
-    snapshot.start();
-    state.store(Arc::new(snapshot));
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -86,31 +106,4 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
-}
-
-/// Reloads the config on every SIGHUP.
-pub fn spawn_reload_on_sighup(path: PathBuf, state: Arc<ArcSwap<Snapshot>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    tokio::spawn(async move {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot listen for SIGHUP; reload by signal is off");
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            // Building a snapshot compiles plugins and runs their init: keep that off the
-            // threads that serve requests.
-            let (path, state) = (path.clone(), state.clone());
-            let result =
-                tokio::task::spawn_blocking(move || reload(&path, &state).map(|()| path)).await;
-            match result {
-                Ok(Ok(path)) => tracing::info!(config = %path.display(), "reloaded"),
-                Ok(Err(errors)) => {
-                    for error in &errors.0 {
-                        tracing::error!("reload failed, old config stays: {error}");
-                    }
-                }
-                Err(err) => tracing::error!("reload failed, old config stays: {err}"),
-            }
-        }
-    });
 }

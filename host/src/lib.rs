@@ -5,12 +5,14 @@
 //! retries and shapes the response; [`telemetry`] writes the access log. [`config`] turns the TOML
 //! file into the types the snapshot is built from; [`gateway`] ties them into a running process.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

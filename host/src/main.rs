@@ -65,7 +65,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(errors) => return print_errors(&ConfigErrors(errors)),
     };
     // The same build as `run` (plugins compiled, their init run), without sockets.
-    match Snapshot::build(&loaded) {
+    match Snapshot::build(&loaded, None) {
         Ok(snapshot) => {
             println!(
                 "{}: ok ({} routes, {} upstreams)",
@@ -104,12 +104,12 @@ fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> ExitCode {
         }
     };
     // Built before the runtime runs anything: compiling plugins blocks.
-    let snapshot = match Snapshot::build(&loaded) {
+    let snapshot = match Snapshot::build(&loaded, None) {
         Ok(snapshot) => snapshot,
         Err(errors) => return print_errors(&errors),
     };
     runtime.block_on(async move {
-        let gateway = match Gateway::bind(snapshot) {
+        let mut gateway = match Gateway::bind(snapshot).await {
             Ok(gateway) => gateway,
             Err(err) => {
                 tracing::error!("{err}");
@@ -117,7 +117,7 @@ fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> ExitCode {
             }
         };
         if let Some(path) = path {
-            gateway::spawn_reload_on_sighup(path, gateway.state());
+            gateway.reload_from(path);
         }
         gateway.serve(gateway::shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -141,11 +141,11 @@ fn demo(listen: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let snapshot = match Snapshot::build(&demo.config) {
+        let snapshot = match Snapshot::build(&demo.config, None) {
             Ok(snapshot) => snapshot,
             Err(errors) => return print_errors(&errors),
         };
-        let gateway = match Gateway::bind(snapshot) {
+        let gateway = match Gateway::bind(snapshot).await {
             Ok(gateway) => gateway,
             Err(err) => {
                 eprintln!("{err}");

@@ -4,14 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, parse_trusted_proxy,
+    Config, Diagnostics, LoadedConfig, OneOrMany, RouteConfig, Spanned, UpstreamConfig,
+    parse_trusted_proxy,
 };
 use crate::error::ConfigErrors;
 use crate::plugin;
@@ -23,6 +26,11 @@ use crate::upstream::{SmoothRoundRobin, TransportCache, Upstream};
 pub struct Snapshot {
     pub router: Router<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Per upstream, what its definition was built from: an upstream whose fingerprint did not
+    /// change is carried over by a reload, with its connection pools and health state.
+    fingerprints: BTreeMap<String, [u8; 32]>,
+    /// The config file and every file it names (plugin modules, `@file:`s, certificates).
+    pub inputs: Vec<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub listeners: ListenerSettings,
@@ -34,6 +42,8 @@ pub struct ListenerSettings {
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The admin API's listener (`server.admin`).
+    pub admin: Option<SocketAddr>,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -78,8 +88,12 @@ impl Backend {
 }
 
 impl Snapshot {
-    /// Builds everything, or reports every problem found.
-    pub fn build(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
+    /// Builds everything, or reports every problem found. With the `previous` snapshot (a
+    /// reload), upstreams whose definition did not change are carried over as they are.
+    pub fn build(
+        loaded: &LoadedConfig,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let mut diagnostics = Diagnostics::new(loaded.source.clone());
         let config = &loaded.config;
         let listeners = listener_settings(config, &mut diagnostics);
@@ -96,21 +110,27 @@ impl Snapshot {
                     .ok()
             })
             .collect();
-        if let Some(admin) = &config.server.admin {
-            diagnostics.error(
-                admin.span(),
-                "server.admin: the admin API is not available in this build yet",
-            );
-        }
         let plugins = plugin::load_plugins(&config.plugins, &mut diagnostics);
 
         let mut transports = TransportCache::default();
         let mut upstreams = BTreeMap::new();
+        let mut fingerprints = BTreeMap::new();
+        let raw = toml::from_str::<toml::Table>(&loaded.source.text).unwrap_or_default();
         for (name, upstream) in &config.upstreams {
-            if let Some(built) = Upstream::build(name, upstream, &mut diagnostics, &mut transports)
-            {
-                upstreams.insert(name.clone(), Arc::new(built));
-            }
+            let Some(built) = Upstream::build(name, upstream, &mut diagnostics, &mut transports)
+            else {
+                continue;
+            };
+            let fingerprint = upstream_fingerprint(&raw, name, upstream.get_ref(), &diagnostics);
+            let kept = previous
+                .filter(|previous| previous.fingerprints.get(name) == Some(&fingerprint))
+                .and_then(|previous| previous.upstreams.get(name));
+            let upstream = match kept {
+                Some(kept) => kept.clone(),
+                None => Arc::new(built),
+            };
+            upstreams.insert(name.clone(), upstream);
+            fingerprints.insert(name.clone(), fingerprint);
         }
 
         let mut specs = Vec::new();
@@ -150,6 +170,8 @@ impl Snapshot {
             (Some(router), Some(listeners)) if !diagnostics.has_errors() => Ok(Snapshot {
                 router,
                 upstreams,
+                fingerprints,
+                inputs: diagnostics.inputs().to_vec(),
                 trusted_proxies,
                 max_body_bytes: config.server.max_body_bytes.bytes(),
                 listeners,
@@ -164,6 +186,28 @@ impl Snapshot {
             upstream.start();
         }
     }
+}
+
+/// What an upstream is built from: its table as written (whatever its position in the file)
+/// and the CA file it names.
+fn upstream_fingerprint(
+    raw: &toml::Table,
+    name: &str,
+    config: &UpstreamConfig,
+    diagnostics: &Diagnostics,
+) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    if let Some(table) = raw
+        .get("upstreams")
+        .and_then(|upstreams| upstreams.get(name))
+    {
+        hash.update(table.to_string());
+    }
+    if let Some(ca) = config.tls.as_ref().and_then(|tls| tls.ca.as_deref()) {
+        // An unreadable CA was reported by the build; hashing nothing then is harmless.
+        hash.update(std::fs::read(diagnostics.source().resolve(ca)).unwrap_or_default());
+    }
+    hash.finalize().into()
 }
 
 fn parse_listen(list: &OneOrMany, key: &str, diagnostics: &mut Diagnostics) -> Vec<SocketAddr> {
@@ -193,19 +237,32 @@ fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<L
     let (tls_listen, tls) = match &server.tls {
         Some(tls_config) => {
             let addrs = parse_listen(&tls_config.listen, "server.tls.listen", diagnostics);
-            let source = diagnostics.source().clone();
-            let built = tls::server_config(
-                &source.resolve(tls_config.cert.get_ref()),
-                &source.resolve(tls_config.key.get_ref()),
-            )
-            .map_err(|message| {
-                diagnostics.error(tls_config.cert.span(), format!("server.tls: {message}"))
-            })
-            .ok();
+            let cert = diagnostics.input(tls_config.cert.get_ref());
+            let key = diagnostics.input(tls_config.key.get_ref());
+            let built = tls::server_config(&cert, &key)
+                .map_err(|message| {
+                    diagnostics.error(tls_config.cert.span(), format!("server.tls: {message}"))
+                })
+                .ok();
             (addrs, built)
         }
         None => (Vec::new(), None),
     };
+    let admin = server.admin.as_ref().and_then(|admin| {
+        admin
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                diagnostics.error(
+                    admin.span(),
+                    format!(
+                        "server.admin: `{}` is not an `ip:port` address",
+                        admin.get_ref()
+                    ),
+                )
+            })
+            .ok()
+    });
     if server.tls.is_some() && tls.is_none() {
         return None;
     }
@@ -213,6 +270,7 @@ fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<L
         listen,
         tls_listen,
         tls,
+        admin,
         max_header_bytes: server.max_header_bytes.as_usize(),
         header_read_timeout: server.header_read_timeout.get(),
         idle_timeout: server.idle_timeout.get(),
@@ -385,7 +443,7 @@ fn build_route(
             }
             continue;
         };
-        match plugin::resolve_config(&plugin_use.config, diagnostics.source()) {
+        match plugin::resolve_config(&plugin_use.config, diagnostics) {
             Ok(json) => {
                 uses.push((spec.clone(), pre.clone(), json));
                 use_spans.push(plugin_use.name.span());

@@ -9,6 +9,7 @@ mod first_party;
 mod forwarding;
 mod limits;
 mod plugins;
+mod reload;
 mod resilience;
 mod tls;
 mod upgrade;

@@ -64,15 +64,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Collects every problem found while checking a config, so that one run reports them all.
+/// Collects every problem found while checking a config, so that one run reports them all,
+/// and every file the config names (the inputs a reload watches).
 pub struct Diagnostics {
     source: Arc<SourceFile>,
     errors: Vec<ConfigError>,
+    inputs: Vec<PathBuf>,
 }
 
 impl Diagnostics {
     pub fn new(source: Arc<SourceFile>) -> Self {
         Diagnostics {
+            inputs: vec![source.path.clone()],
             source,
             errors: Vec::new(),
         }
@@ -80,6 +83,21 @@ impl Diagnostics {
 
     pub fn source(&self) -> &Arc<SourceFile> {
         &self.source
+    }
+
+    /// A file the config names (a plugin module, an `@file:`, a certificate), resolved against
+    /// the config's folder and remembered as an input of this config.
+    pub fn input(&mut self, relative: &str) -> PathBuf {
+        let path = self.source.resolve(relative);
+        if !self.inputs.contains(&path) {
+            self.inputs.push(path.clone());
+        }
+        path
+    }
+
+    /// The config file itself, then every file it named, in the order they were read.
+    pub fn inputs(&self) -> &[PathBuf] {
+        &self.inputs
     }
 
     /// Records a problem at a span of the file. Defaults (which have no place in the file)

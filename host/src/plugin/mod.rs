@@ -7,6 +7,7 @@
 //! so a second ABI (proxy-wasm) could sit beside it later.
 
 mod config;
+mod deadline;
 mod engine;
 mod host;
 mod pool;
@@ -57,7 +58,7 @@ pub fn load_plugins(
     for (name, config) in configs {
         let span = config.span();
         let config = config.get_ref();
-        let path = diagnostics.source().resolve(config.path.get_ref());
+        let path = diagnostics.input(config.path.get_ref());
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) => {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::engine::{PluginEngine, ticks};
+use super::engine::PluginEngine;
 use super::host::{
     Action, CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
 };
@@ -88,8 +88,9 @@ impl InstancePool {
             CallState::new(self.spec.name.clone(), self.spec.memory_limit),
         );
         store.limiter(CallState::limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(INIT_TIME_LIMIT));
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_expiry()));
+        let init_ticks = store.data_mut().deadline.begin(INIT_TIME_LIMIT);
+        store.set_epoch_deadline(init_ticks);
         let world = self
             .pre
             .instantiate(&mut store)
@@ -215,9 +216,8 @@ impl InstancePool {
         lend(state);
         state.ctx = std::mem::take(shared.ctx);
         state.info = shared.info.take();
-        instance
-            .store
-            .set_epoch_deadline(ticks(self.spec.time_limit));
+        let limit_ticks = state.deadline.begin(self.spec.time_limit);
+        instance.store.set_epoch_deadline(limit_ticks);
         let result = {
             let _running = self.engine.running();
             invoke(&mut instance)

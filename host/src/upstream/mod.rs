@@ -8,6 +8,7 @@ mod target;
 mod transport;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
@@ -35,6 +36,8 @@ pub struct Upstream {
     pub retry: RetryPolicy,
     pub outlier: Option<OutlierPolicy>,
     health_check: Option<HealthCheck>,
+    /// Background work started (so a reload that keeps this upstream does not start it twice).
+    started: AtomicBool,
 }
 
 /// How targets are chosen, as written in `balance`.
@@ -129,7 +132,7 @@ impl Upstream {
             .tls
             .as_ref()
             .and_then(|tls| tls.ca.as_deref())
-            .map(|ca| diagnostics.source().resolve(ca));
+            .map(|ca| diagnostics.input(ca));
         if config.tls.is_some() && !config.protocol.is_tls() {
             fail(
                 diagnostics,
@@ -171,12 +174,16 @@ impl Upstream {
             retry,
             outlier: config.outlier.as_ref().map(OutlierPolicy::from_config),
             health_check,
+            started: AtomicBool::new(false),
         })
     }
 
-    /// Starts the upstream's background work (active health checks). It stops by itself when
-    /// the upstream is dropped.
+    /// Starts the upstream's background work (active health checks), once. It stops by itself
+    /// when the upstream is dropped.
     pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if let Some(check) = &self.health_check {
             health::spawn(self, check.clone());
         }

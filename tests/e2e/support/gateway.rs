@@ -112,6 +112,42 @@ impl GatewayProcess {
         None
     }
 
+    /// The admin API's address (from the "admin API on" log line), once it is listening.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.stderr.lock().iter().find_map(|line| {
+                let at = line.find("admin API on http://")?;
+                line[at + "admin API on http://".len()..]
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin listener:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr())
+    }
+
+    /// Replaces a file the way editors do: write a new file, rename it over the old one.
+    pub fn replace_file(&self, name: &str, contents: &[u8]) {
+        let path = self.dir.path().join(name);
+        let temporary = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().join("\n")
     }

@@ -5,7 +5,9 @@
 //! passes context values along), `respond` (answers directly), `body` (rewrites both bodies,
 //! declaring that it reads them), `body-undeclared` (tries to touch the body without declaring
 //! it), `route` (echoes its config per route), `count` (counts the calls its instance saw).
-//! `std` (uses HashMap, clocks and the environment, as ordinary Rust code does).
+//! `std` (uses HashMap, clocks and the environment, as ordinary Rust code does), `version`
+//! (reports the module's [`MODULE_VERSION`] and its config's `name` in the request and the
+//! response, so reload tests can tell which module and config served).
 //! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`, `print` (standard output,
 //! which plugins do not have).
 
@@ -26,6 +28,10 @@ pub struct Config {
     reject: bool,
 }
 
+/// The reload tests make a second version of this module by replacing these bytes in the
+/// `.wasm` file (same length, so the module stays valid): `plugin-version-1` -> `-2`.
+pub const MODULE_VERSION: &str = "plugin-version-1";
+
 pub struct TestPlugin {
     config: Config,
     /// `count` mode: calls seen by this instance (pooled instances keep it across requests).
@@ -34,6 +40,7 @@ pub struct TestPlugin {
 
 const MODES: &[&str] = &[
     "tag",
+    "version",
     "respond",
     "body",
     "body-undeclared",
@@ -72,6 +79,14 @@ impl Plugin for TestPlugin {
     fn on_request(&mut self, request: &mut Request<'_>) -> Action {
         let name = self.config.name.as_str();
         match self.config.mode.as_str() {
+            "version" => {
+                // The upstream echoes it: the request and its response saw the same module.
+                request
+                    .set_header("x-module-version", std::hint::black_box(MODULE_VERSION))
+                    .unwrap();
+                request.set_header("x-config-name", name).unwrap();
+                Action::Continue
+            }
             "tag" => {
                 request.append_header("x-chain", name).unwrap();
                 if let Some(previous) = request.ctx("last") {
@@ -173,6 +188,12 @@ impl Plugin for TestPlugin {
     fn on_response(&mut self, response: &mut Response<'_>) {
         let name = self.config.name.as_str();
         match self.config.mode.as_str() {
+            "version" => {
+                response
+                    .set_header("x-module-version", std::hint::black_box(MODULE_VERSION))
+                    .unwrap();
+                response.set_header("x-config-name", name).unwrap();
+            }
             "tag" | "respond" => {
                 response.append_header("x-chain-response", name).unwrap();
                 if let Some(seen) = response.ctx(&format!("seen_{name}")) {
