@@ -121,3 +121,37 @@ async fn https_upstream_with_own_ca() {
     let reply = HttpClient::http1().get(&gateway.url("/x")).await;
     assert_eq!(reply.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_certificate_on_disk_serves_new_connections() {
+    let upstream = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let old_pem = write_certificate(dir.path());
+    let config = format!(
+        "{SERVER}\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\n{}[[routes]]\npath = \"/{{*rest}}\"\nupstream = \"app\"\n",
+        upstream_table("app", &[(upstream.addr, 1)], "")
+    );
+    let gateway = GatewayProcess::start_in(dir, &config);
+    let url = format!("https://localhost:{}/", gateway.tls_addr.unwrap().port());
+    let get = |pem: String| {
+        let url = url.clone();
+        async move {
+            let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+            tls_client(&pem, b"http/1.1").request(request).await
+        }
+    };
+    assert_eq!(get(old_pem.clone()).await.unwrap().status(), 200);
+
+    // Rotated on disk (the key first, then the certificate): the watcher reloads, and new
+    // handshakes present the new certificate, which a client trusting only the old one refuses.
+    let new_pem = write_certificate(gateway.dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while get(new_pem.clone()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", gateway.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        get(old_pem).await.is_err(),
+        "the old certificate is no longer served"
+    );
+}

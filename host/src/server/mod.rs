@@ -200,7 +200,15 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
             let _permit = permit;
             match tls {
                 None => conn::serve(stream, info, state, builder, limits, drain).await,
-                Some(acceptor) => {
+                Some(initial) => {
+                    // Each handshake uses the current snapshot's certificate, so a reload that
+                    // brings a new one applies to new connections.
+                    let acceptor = state
+                        .load()
+                        .listeners
+                        .tls
+                        .clone()
+                        .map_or(initial, TlsAcceptor::from);
                     if let Some(stream) =
                         tls_handshake(acceptor, stream, limits.header_read_timeout).await
                     {
