@@ -312,3 +312,47 @@ async fn a_bad_reload_changes_nothing_and_says_why() {
     let reply = client.send(Method::GET, &gateway.url("/"), &[], "").await;
     assert_eq!(served_by(&reply).unwrap().0, "B");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_upstream_keeps_its_connections_and_a_changed_one_starts_fresh() {
+    let kept = TestUpstream::start("kept").await;
+    let changed = TestUpstream::start("changed").await;
+    let config = |changed_extra: &str, extra_route: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}{}\
+             [[routes]]\npath = \"/kept\"\nupstream = \"kept\"\n\n\
+             [[routes]]\npath = \"/changed\"\nupstream = \"changed\"\n{extra_route}",
+            upstream_table("kept", &[(kept.addr, 1)], ""),
+            upstream_table("changed", &[(changed.addr, 1)], changed_extra),
+        )
+    };
+    let gateway = start(tempfile::tempdir().unwrap(), &config("", ""));
+    let client = HttpClient::http1();
+    let round = || async {
+        for path in ["/kept", "/changed", "/kept", "/changed"] {
+            let reply = client.send(Method::GET, &gateway.url(path), &[], "").await;
+            assert_eq!(reply.status, 200);
+        }
+    };
+    round().await;
+    assert_eq!((kept.connections(), changed.connections()), (1, 1));
+
+    // `kept` is written the same (the file around it changed: a new route, another
+    // upstream's setting); `changed` gets a new setting.
+    gateway.replace_file(
+        "gateway.toml",
+        config(
+            "connect_timeout = \"3s\"\n",
+            "\n[[routes]]\npath = \"/more\"\nupstream = \"kept\"\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(reload(&client, &gateway).await.status, 200);
+    round().await;
+    assert_eq!(
+        kept.connections(),
+        1,
+        "the unchanged upstream's pooled connection is still used"
+    );
+    assert_eq!(changed.connections(), 2, "the changed upstream starts a new pool");
+}

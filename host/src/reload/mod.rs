@@ -165,13 +165,30 @@ impl Reloader {
     }
 }
 
-/// Listeners are bound once, at start.
+/// Listeners are bound, and their connection settings fixed, once at start (the TLS
+/// certificate is the exception: each handshake reads the current snapshot's).
 fn warn_about_listener_changes(previous: &Snapshot, next: &Snapshot) {
     let (old, new) = (&previous.listeners, &next.listeners);
     if old.listen != new.listen || old.tls_listen != new.tls_listen || old.admin != new.admin {
         tracing::warn!(
             "listen addresses changed: the gateway keeps its current listeners; \
              the new addresses take effect after a restart"
+        );
+    }
+    let settings = |s: &crate::snapshot::ListenerSettings| {
+        (
+            s.max_header_bytes,
+            s.header_read_timeout,
+            s.idle_timeout,
+            s.max_connections,
+            s.workers,
+            s.drain_timeout,
+        )
+    };
+    if settings(old) != settings(new) {
+        tracing::warn!(
+            "server connection settings changed (max_header_bytes, timeouts, max_connections, \
+             workers or drain_timeout): they take effect after a restart"
         );
     }
 }

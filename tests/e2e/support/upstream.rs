@@ -42,6 +42,7 @@ pub enum Behaviour {
 struct Shared {
     behaviour: Arc<Mutex<Behaviour>>,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
 }
 
@@ -51,6 +52,8 @@ pub struct TestUpstream {
     h2_only: bool,
     behaviour: Arc<Mutex<Behaviour>>,
     hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     /// Request bodies in arrival order (as received in full).
     bodies: Arc<Mutex<Vec<Bytes>>>,
     stop: CancellationToken,
@@ -71,6 +74,7 @@ impl TestUpstream {
         let shared = Shared {
             behaviour: Arc::new(Mutex::new(Behaviour::Echo)),
             hits: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(AtomicUsize::new(0)),
             bodies: Arc::new(Mutex::new(Vec::new())),
         };
         Self::serve(name, listener, h2_only, shared)
@@ -93,6 +97,7 @@ impl TestUpstream {
         let shared = Shared {
             behaviour: self.behaviour.clone(),
             hits: self.hits.clone(),
+            connections: self.connections.clone(),
             bodies: self.bodies.clone(),
         };
         *self = Self::serve(self.name, listener, self.h2_only, shared);
@@ -110,8 +115,10 @@ impl TestUpstream {
         let Shared {
             behaviour,
             hits,
+            connections,
             bodies,
         } = shared;
+        let accepted = connections.clone();
         let for_server = (behaviour.clone(), hits.clone(), bodies.clone());
         tokio::spawn(async move {
             loop {
@@ -119,6 +126,7 @@ impl TestUpstream {
                     accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                     _ = stop_accepting.cancelled() => return,
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (behaviour, hits, bodies) = for_server.clone();
                 let stop_conn = stop_accepting.clone();
                 tokio::spawn(async move {
@@ -148,6 +156,7 @@ impl TestUpstream {
             h2_only,
             behaviour,
             hits,
+            connections,
             bodies,
             stop,
         }
@@ -159,6 +168,11 @@ impl TestUpstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections the upstream has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn bodies(&self) -> Vec<Bytes> {
