@@ -1,6 +1,6 @@
 //! The admin API, on its own listener (`server.admin`, never the public one):
-//! `GET /healthz`, `GET /config` (the active config's hash, when it was loaded, the last reload
-//! attempt) and `POST /reload`.
+//! `GET /healthz`, `GET /metrics` (Prometheus), `GET /config` (the active config's hash, when
+//! it was loaded, the last reload attempt) and `POST /reload`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::reload::{Outcome, Reloader, Trigger};
+use crate::telemetry::metrics::metrics;
 
 /// What the admin endpoints act on.
 pub struct Admin {
@@ -54,6 +55,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
 async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics().encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         (&Method::GET, "/config") => match &admin.reloader {
             Some(reloader) => json_response(StatusCode::OK, &config_status(reloader)),
             None => json_response(
@@ -75,13 +86,13 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
                 &json!({ "error": "no_config_file", "message": "running without a config file: nothing to reload" }),
             ),
         },
-        (_, "/healthz" | "/config" | "/reload") => json_response(
+        (_, "/healthz" | "/metrics" | "/config" | "/reload") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method_not_allowed", "message": "see docs/operations.md for the admin API" }),
         ),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &json!({ "error": "not_found", "message": "admin endpoints: GET /healthz, GET /config, POST /reload" }),
+            &json!({ "error": "not_found", "message": "admin endpoints: GET /healthz, GET /metrics, GET /config, POST /reload" }),
         ),
     }
 }

@@ -311,6 +311,23 @@ async fn a_bad_reload_changes_nothing_and_says_why() {
     assert_eq!(reload(&client, &gateway).await.status, 200);
     let reply = client.send(Method::GET, &gateway.url("/"), &[], "").await;
     assert_eq!(served_by(&reply).unwrap().0, "B");
+
+    // Prometheus counts them the same way as GET /config.
+    let status = client
+        .send(Method::GET, &gateway.admin_url("/config"), &[], "")
+        .await
+        .json();
+    let metrics = client
+        .send(Method::GET, &gateway.admin_url("/metrics"), &[], "")
+        .await
+        .text();
+    for result in ["applied", "failed"] {
+        let line = format!(
+            "wasmgate_reloads_total{{result=\"{result}\"}} {}",
+            status["reloads"][result]
+        );
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,5 +371,9 @@ async fn an_unchanged_upstream_keeps_its_connections_and_a_changed_one_starts_fr
         1,
         "the unchanged upstream's pooled connection is still used"
     );
-    assert_eq!(changed.connections(), 2, "the changed upstream starts a new pool");
+    assert_eq!(
+        changed.connections(),
+        2,
+        "the changed upstream starts a new pool"
+    );
 }

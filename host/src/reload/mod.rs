@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config;
 use crate::error::ConfigErrors;
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::{ReloadResult, metrics};
 
 pub use watch::spawn_watcher;
 
@@ -128,6 +129,7 @@ impl Reloader {
                 status.active_hash = hash;
                 status.loaded_at = SystemTime::now();
                 status.applied += 1;
+                metrics().reload(ReloadResult::applied);
                 tracing::info!(config = %self.path.display(), trigger = trigger.as_str(), "reloaded");
                 Outcome::Applied
             }
@@ -140,6 +142,7 @@ impl Reloader {
                     );
                 }
                 self.status.lock().failed += 1;
+                metrics().reload(ReloadResult::failed);
                 Outcome::Failed(lines)
             }
         };

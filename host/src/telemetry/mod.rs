@@ -3,6 +3,7 @@
 //! request path never waits for I/O.
 
 pub mod access_log;
+pub mod metrics;
 
 use std::net::IpAddr;
 use std::sync::Arc;
