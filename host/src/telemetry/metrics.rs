@@ -45,7 +45,7 @@ impl Metrics {
         );
         // Both results exist from the start, so a dashboard sees 0 rather than no series.
         for result in [ReloadResult::applied, ReloadResult::failed] {
-            reloads.get_or_create(&ReloadLabels { result });
+            let _ = reloads.get_or_create(&ReloadLabels { result });
         }
         Metrics { registry, reloads }
     }
