@@ -15,12 +15,19 @@
 # weighs much more per request than at native speed; "net" subtracts it (idle rate x the
 # measured interval) and is the better estimate of the work a request itself causes.
 #
-# Variants (the same configs as bench/proxy.sh):
+# Variants (the same configs as bench/proxy.sh: both take them from bench/lib.sh):
 #   wasmgate    no plugins
 #   plugin1     first_plugin (reads x-block, sets x-hello), isolation = "pooled"
 #   plugin1-pr  the same, isolation = "per-request"
 #   chain3      three test_plugins in tag mode (a, b, c), pooled
 #   chain3-pr   the same chain, per-request
+#   jwt-hs256   jwt, HS256, one token (made with openssl) on every request: after the first
+#               request per instance the plugin's verified-token cache answers, so this
+#               measures the cached path, not a signature check
+#   jwt-rs256   jwt, RS256 with a JWKS (plugins/jwt/tests/fixtures/rsa-a.pem), one token: cached too
+#   jwt-rs256-nocache  jwt-rs256 with JWT_TOKENS (default 2000) distinct tokens in turn: an RS256
+#               signature check per request (slow under valgrind: expect few requests)
+#   headers     headers: request set from {client_ip} and {request_id}, response set + remove
 #
 # Environment:
 #   VALGRIND     valgrind binary (default: /opt/valgrind-bigas/bin/valgrind if present, else
@@ -70,12 +77,15 @@ CG_CONTROL="$VG_DIR/callgrind_control"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WASMGATE="$ROOT/target/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
-ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr"
+ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
 VARIANTS=("$@")
 ((${#VARIANTS[@]})) || read -r -a VARIANTS <<<"$ALL_VARIANTS"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# the variants' configs, tokens, wrk arguments and probes
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for v in "${VARIANTS[@]}"; do
     [[ " $ALL_VARIANTS " == *" $v "* ]] || die "unknown variant '$v' (known: $ALL_VARIANTS)"
@@ -90,6 +100,10 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p wasmgate) || die "cargo build failed"
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found"
+for v in "${VARIANTS[@]}"; do
+    wasm=$(plugin_wasm "$v")
+    [[ -z "$wasm" || -f "$PLUGIN_DIR/$wasm" ]] || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
+done
 
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-callgrind.XXXXXX")}
 mkdir -p "$OUT"
@@ -149,28 +163,8 @@ PIDS+=($!)
 for _ in $(seq 50); do [[ "$(curl -s -m 1 "http://127.0.0.1:$UP_PORT/")" == hello ]] && break; sleep 0.1; done
 [[ "$(curl -s -m 1 "http://127.0.0.1:$UP_PORT/")" == hello ]] || die "upstream nginx did not start"
 
-# ---------------------------------------------------------------- configs (as bench/proxy.sh)
-gateway_toml() { # variant port
-    local v=$1 isolation=pooled tag='{ use = "t", config = { mode = "tag", name = "%s" } }'
-    [[ "$v" == *-pr ]] && isolation=per-request
-    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n\n' "$2"
-    printf '[upstreams.backend]\ntargets = [{ addr = "127.0.0.1:%s" }]\n\n' "$UP_PORT"
-    case "$v" in
-        plugin1*) printf '[plugins.hello]\npath = "%s"\nisolation = "%s"\n\n' "$PLUGIN_DIR/first_plugin.wasm" "$isolation" ;;
-        chain3*) printf '[plugins.t]\npath = "%s"\nisolation = "%s"\n\n' "$PLUGIN_DIR/test_plugins.wasm" "$isolation" ;;
-    esac
-    printf '[[routes]]\npath = "/{*rest}"\nupstream = "backend"\n'
-    case "$v" in
-        plugin1*) echo 'plugins = [{ use = "hello", config = { header = "x-hello", value = "world" } }]' ;;
-        chain3*) printf "plugins = [$tag, $tag, $tag]\n" a b c ;;
-    esac
-}
-probe_header() {
-    case "$1" in
-        plugin1*) echo "x-hello: world" ;;
-        chain3*) echo "x-ctx-a: yes" ;;
-    esac
-}
+# ---------------------------------------------------------------- configs
+# gateway_toml, prepare_target, wrk_args, probe_target: bench/lib.sh (shared with bench/proxy.sh)
 
 # instructions in one callgrind file (the "summary:"/"totals:" line, else the sum of all costs)
 instructions() {
@@ -185,7 +179,10 @@ for v in "${VARIANTS[@]}"; do
     mkdir -p "$dir"
     rm -f "$dir"/callgrind.out*
     port=$(free_port)
-    gateway_toml "$v" "$port" >"$dir/gateway.toml"
+    prepare_target "$v" "$dir"
+    extra=()
+    mapfile -t extra < <(wrk_args "$v" "$dir")
+    gateway_toml "$v" "$port" "$UP_PORT" >"$dir/gateway.toml"
     say "$v: starting under callgrind on 127.0.0.1:$port"
     "$VALGRIND" --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
         "$WASMGATE" run -c "$dir/gateway.toml" >"$dir/access.log" 2>"$dir/stderr.log" &
@@ -202,15 +199,12 @@ for v in "${VARIANTS[@]}"; do
             && say "this valgrind ($VALGRIND) cannot host wasmtime's pooling allocator: see the top of $0"
         die "$v did not start"
     fi
-    probe=$(probe_header "$v")
-    if [[ -n "$probe" ]]; then
-        curl -s -m 30 -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | grep -qix "$probe" \
-            || die "$v: the plugins did not run (no '$probe' in the response)"
-    fi
+    probe_target "$v" "$dir" "http://127.0.0.1:$port/" 30 \
+        || die "$v: the plugins did not run as configured (see above; $dir)"
     url="http://127.0.0.1:$port/"
-    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >"$dir/wrk-warmup.txt" 2>&1
+    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${extra[@]}" "$url" >"$dir/wrk-warmup.txt" 2>&1
     "$CG_CONTROL" -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d failed for $v"
-    wrk -t1 -c"$CONNECTIONS" -d"${MEASURE}s" "$url" >"$dir/wrk.txt" 2>&1
+    wrk -t1 -c"$CONNECTIONS" -d"${MEASURE}s" "${extra[@]}" "$url" >"$dir/wrk.txt" 2>&1
     t0=$(date +%s.%N)
     "$CG_CONTROL" -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d failed for $v"
     idle_rate=""
@@ -259,13 +253,13 @@ echo
 echo "valgrind: $("$VALGRIND" --version) ($VALGRIND); wrk -t1 -c$CONNECTIONS, ${WARMUP}s warm-up, ${MEASURE}s measured"
 echo "wasmgate: $("$WASMGATE" --version 2>/dev/null), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
 echo
-printf '| %-11s | %14s | %9s | %12s | %14s | %12s | %15s |\n' variant instructions requests "instr/req" "idle instr/s" "net instr/req" "net - wasmgate"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ---------------: ----------: -------------: ---------------: -------------: ----------------:
+printf '| %-17s | %14s | %9s | %12s | %14s | %12s | %15s |\n' variant instructions requests "instr/req" "idle instr/s" "net instr/req" "net - wasmgate"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------- ---------------: ----------: -------------: ---------------: -------------: ----------------:
 for v in "${VARIANTS[@]}"; do
     base=${RES_NET[wasmgate]:-}
     delta=-
     [[ -n "$base" && -n "${RES_NET[$v]:-}" && "$v" != wasmgate ]] && delta=$((RES_NET[$v] - base))
-    printf '| %-11s | %14s | %9s | %12s | %14s | %12s | %15s |\n' "$v" "${RES_IR[$v]}" "${RES_REQ[$v]}" \
+    printf '| %-17s | %14s | %9s | %12s | %14s | %12s | %15s |\n' "$v" "${RES_IR[$v]}" "${RES_REQ[$v]}" \
         "${RES_RATE[$v]}" "${RES_IDLE[$v]:--}" "${RES_NET[$v]:--}" "$delta"
 done
 exit 0

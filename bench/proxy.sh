@@ -9,6 +9,7 @@
 #   DURATION=30s CONNECTIONS=100 bench/proxy.sh
 #   TARGETS="wasmgate plugin1" ROUNDS=3 bench/proxy.sh    # only bare wasmgate vs one pooled plugin
 #   TARGETS="upstream nginx wasmgate" bench/proxy.sh       # the original nginx comparison
+#   TARGETS="wasmgate jwt-hs256 jwt-rs256 jwt-rs256-nocache headers" bench/proxy.sh  # issue 4's plugins
 #
 # Environment:
 #   DURATION     wrk duration per run                     (default 10s)
@@ -25,7 +26,22 @@
 #                  plugin1-pr  the same with isolation = "per-request"
 #                  chain3      wasmgate + three test_plugins in tag mode (a, b, c), pooled
 #                  chain3-pr   the same chain with isolation = "per-request"
-#   PLUGIN_DIR   where first_plugin.wasm and test_plugins.wasm are
+#                  jwt-hs256   wasmgate + jwt (plugins/jwt): HS256, issuer, claims_to_headers
+#                              sub -> x-user-id; wrk sends one token made with openssl
+#                  jwt-rs256   the same with RS256 and a JWKS (kid) made from
+#                              plugins/jwt/tests/fixtures/rsa-a.pem; time_limit = "50ms"
+#                  jwt-rs256-nocache  jwt-rs256's config, but wrk sends JWT_TOKENS distinct
+#                              tokens in turn (bench/jwt-tokens.lua): the cost of a cache miss
+#                  headers     wasmgate + headers (plugins/headers): request set with
+#                              {client_ip} and {request_id}, response set + remove
+#                All the plugin targets but the *-pr ones are pooled; bench/lib.sh has their
+#                configs. NOTE: the jwt plugin remembers up to 256 verified tokens per instance
+#                (plugins/jwt/src/cache.rs), so jwt-hs256 and jwt-rs256, which send one token,
+#                measure the cached path (claims checked, no signature check). Only
+#                jwt-rs256-nocache measures signature verification.
+#   JWT_TOKENS   distinct tokens for jwt-rs256-nocache    (default 2000; about 8 ms of openssl
+#                each at start-up; at most 256/JWT_TOKENS of its requests can hit the cache)
+#   PLUGIN_DIR   where first_plugin.wasm, test_plugins.wasm, jwt.wasm and headers.wasm are
 #                (default target/wasm-plugins/wasm32-wasip2/release, built by host/build.rs)
 #   PAUSE_IDLE   1 = SIGSTOP the wasmgate processes that are not being measured, so that their
 #                timers (wasmtime's 1 ms epoch ticker) do not run next to the proxy under test
@@ -38,7 +54,7 @@
 # Every wasmgate variant is its own process with its own config and port (workers = 1, one
 # route "/{*rest}"), so its CPU per request is attributable. Runtime is about
 # (1 + ROUNDS x number of proxy targets) x (DURATION + ~1 s) plus one WARMUP per target:
-# about 2.5 minutes with the defaults.
+# about 4.5 minutes with the defaults (all targets; making jwt-rs256-nocache's tokens takes ~16 s).
 #
 # Layout: with 2+ cores the proxy under test is pinned to core 0, wrk and the upstream to
 # core 1 (taskset). With one core nothing is pinned and the numbers are only indicative.
@@ -65,7 +81,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-0}
 PAUSE_IDLE=${PAUSE_IDLE:-1}
-ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr"
+ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 TARGETS=${TARGETS//,/ }
 
@@ -75,6 +91,9 @@ PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# the wasmgate targets' configs, tokens, wrk arguments and probes
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------- tools
 missing=()
@@ -116,7 +135,11 @@ done
 PROXIES=()
 for t in "${SELECTED[@]}"; do [[ "$t" != upstream ]] && PROXIES+=("$t"); done
 selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
-is_wasmgate() { [[ "$1" == wasmgate || "$1" == plugin* || "$1" == chain* ]]; }
+for t in "${PROXIES[@]}"; do
+    if is_jwt "$t"; then
+        command -v openssl >/dev/null 2>&1 || die "$t needs openssl to make its tokens (apt-get install -y openssl)"
+    fi
+done
 
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
@@ -128,18 +151,15 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found (build it or unset SKIP_BUILD)"
 for t in "${PROXIES[@]}"; do
-    case "$t" in
-        plugin1*) [[ -f "$PLUGIN_DIR/first_plugin.wasm" ]] \
-            || die "$PLUGIN_DIR/first_plugin.wasm not found (built by cargo build; or set PLUGIN_DIR)" ;;
-        chain3*) [[ -f "$PLUGIN_DIR/test_plugins.wasm" ]] \
-            || die "$PLUGIN_DIR/test_plugins.wasm not found (built by cargo build; or set PLUGIN_DIR)" ;;
-    esac
+    wasm=$(plugin_wasm "$t")
+    [[ -z "$wasm" || -f "$PLUGIN_DIR/$wasm" ]] \
+        || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
 done
 BUILD_INFO="$("$WASMGATE" --version 2>/dev/null)"
 if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
     BUILD_INFO="$BUILD_INFO, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
-    [[ -n "$(git -C "$ROOT" status --porcelain -- host Cargo.toml Cargo.lock 2>/dev/null)" ]] \
-        && BUILD_INFO="$BUILD_INFO + uncommitted changes in host/"
+    [[ -n "$(git -C "$ROOT" status --porcelain -- host plugins Cargo.toml Cargo.lock 2>/dev/null)" ]] \
+        && BUILD_INFO="$BUILD_INFO + uncommitted changes in host/ or plugins/"
 fi
 
 # ---------------------------------------------------------------- pinning
@@ -200,11 +220,12 @@ for t in "${PROXIES[@]}"; do
     if is_wasmgate "$t"; then pick_port; WG_PORT[$t]=$PORT; fi
 done
 
-wait_http() { # url what pid
-    local url=$1 what=$2 pid=$3
+wait_http() { # url what pid [request header]
+    local url=$1 what=$2 pid=$3 hdr=()
+    [[ -n "${4:-}" ]] && hdr=(-H "$4")
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || return 1
-        if [[ "$(curl -s -m 2 "$url" 2>/dev/null)" == "hello" ]]; then return 0; fi
+        if [[ "$(curl -s -m 2 "${hdr[@]}" "$url" 2>/dev/null)" == "hello" ]]; then return 0; fi
         sleep 0.1
     done
     return 1
@@ -290,54 +311,16 @@ if selected nginx; then
 fi
 
 # ---------------------------------------------------------------- wasmgate (one process per variant)
-label_of() {
-    case "$1" in
-        upstream) echo "upstream (direct)" ;;
-        nginx) echo "nginx proxy" ;;
-        wasmgate) echo "wasmgate" ;;
-        plugin1) echo "wasmgate +1 pooled" ;;
-        plugin1-pr) echo "wasmgate +1 per-req" ;;
-        chain3) echo "wasmgate +3 pooled" ;;
-        chain3-pr) echo "wasmgate +3 per-req" ;;
-    esac
-}
-# plugins_toml target -> the [plugins.*] table; route_plugins target -> the route's plugin list
-plugins_toml() {
-    local isolation=pooled
-    [[ "$1" == *-pr ]] && isolation=per-request
-    case "$1" in
-        plugin1*) printf '[plugins.hello]\npath = "%s"\nisolation = "%s"\n' \
-            "$PLUGIN_DIR/first_plugin.wasm" "$isolation" ;;
-        chain3*) printf '[plugins.t]\npath = "%s"\nisolation = "%s"\n' \
-            "$PLUGIN_DIR/test_plugins.wasm" "$isolation" ;;
-    esac
-}
-route_plugins() {
-    local tag='{ use = "t", config = { mode = "tag", name = "%s" } }'
-    case "$1" in
-        plugin1*) echo 'plugins = [{ use = "hello", config = { header = "x-hello", value = "world" } }]' ;;
-        chain3*) printf "plugins = [$tag, $tag, $tag]\n" a b c ;;
-    esac
-}
-# a response header that proves the plugins ran: first_plugin sets x-hello; in the tag chain,
-# plugin a sets x-ctx-a in the response phase from a context value set in the request phase
-probe_header() {
-    case "$1" in
-        plugin1*) echo "x-hello: world" ;;
-        chain3*) echo "x-ctx-a: yes" ;;
-    esac
-}
-
+# label_of, plugins_toml, route_plugins, probe_header, gateway_toml, prepare_target,
+# auth_header, wrk_args, probe_target: bench/lib.sh (shared with bench/callgrind.sh)
+declare -A WRK_ARGS
 start_wasmgate() { # target -> sets WG_PID[target]
-    local t=$1 dir="$TMP/$1" port=${WG_PORT[$1]} pid probe
+    local t=$1 dir="$TMP/$1" port=${WG_PORT[$1]} pid
     mkdir -p "$dir"
-    {
-        printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n\n' "$port"
-        printf '[upstreams.backend]\ntargets = [{ addr = "127.0.0.1:%s" }]\n\n' "$UP_PORT"
-        plugins_toml "$t"
-        printf '\n[[routes]]\npath = "/{*rest}"\nupstream = "backend"\n'
-        route_plugins "$t"
-    } >"$dir/gateway.toml"
+    [[ "$t" == jwt-rs256-nocache ]] && say "making $JWT_TOKENS RS256 tokens for $t (JWT_TOKENS)"
+    prepare_target "$t" "$dir"
+    WRK_ARGS[$t]=$(wrk_args "$t" "$dir")
+    gateway_toml "$t" "$port" "$UP_PORT" >"$dir/gateway.toml"
     say "starting $(label_of "$t") on 127.0.0.1:$port"
     "${PROXY_PIN[@]}" "$WASMGATE" run -c "$dir/gateway.toml" \
         >"$dir/access.log" 2>"$dir/stderr.log" &
@@ -350,15 +333,16 @@ start_wasmgate() { # target -> sets WG_PID[target]
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    wait_http "http://127.0.0.1:$port/" "$t" "$pid" || {
+    wait_http "http://127.0.0.1:$port/" "$t" "$pid" "$(auth_header "$t" "$dir")" || {
         cat "$dir/gateway.toml" "$dir/stderr.log" >&2; die "$t did not start"; }
-    probe=$(probe_header "$t")
-    if [[ -n "$probe" ]]; then
-        curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | grep -qix "$probe" || {
-            curl -s -m 5 -D - "http://127.0.0.1:$port/" >&2
-            cat "$dir/gateway.toml" "$dir/stderr.log" >&2
-            die "$t: the plugins did not run (no '$probe' in the response)"; }
-    fi
+    probe_target "$t" "$dir" "http://127.0.0.1:$port/" 5 || {
+        cat "$dir/gateway.toml" "$dir/stderr.log" >&2
+        die "$t: the plugins did not run as configured (see above)"; }
+}
+wrk_extra() { # target -> sets EXTRA (the target's extra wrk arguments)
+    EXTRA=()
+    [[ -n "${WRK_ARGS[$1]:-}" ]] && mapfile -t EXTRA <<<"${WRK_ARGS[$1]}"
+    return 0
 }
 
 for t in "${PROXIES[@]}"; do
@@ -426,17 +410,18 @@ to_ms() {
 RESULTS=()
 run_wrk() { # target round
     local target=$1 round=$2 url pids ours before after ours0 ours1 m0 m1 t0 t1 wrk_s
-    local out reqs rps p50 p99 errs cpu rss other
+    local out reqs rps p50 p99 errs cpu rss other EXTRA
     focus "$target"
     url=$(url_of "$target")
     pids=$(cpu_pids "$target")
     ours="$pids"
     [[ "$target" != upstream ]] && ours="$ours $(cpu_pids upstream)"
     kill -0 $pids 2>/dev/null || die "$target is no longer running"
+    wrk_extra "$target"
     m0=$(machine_busy); t0=$(date +%s.%N); ours0=$(ticks $ours)
     before=$(ticks $pids)
     { TIMEFORMAT='%3U %3S'; time "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
-        --latency "$url" >"$TMP/wrk-$target-$round.txt" 2>&1; } 2>"$TMP/time-$target-$round.txt"
+        --latency "${EXTRA[@]}" "$url" >"$TMP/wrk-$target-$round.txt" 2>&1; } 2>"$TMP/time-$target-$round.txt"
     after=$(ticks $pids)
     ours1=$(ticks $ours); t1=$(date +%s.%N); m1=$(machine_busy)
     out=$(<"$TMP/wrk-$target-$round.txt")
@@ -460,7 +445,7 @@ run_wrk() { # target round
     cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
     rss=$(awk -v k="$(rss_kb "$(rss_pid "$target")")" 'BEGIN {printf "%.1f", k / 1024}')
     p50=$(to_ms "$p50"); p99=$(to_ms "$p99")
-    printf '   %-20s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
+    printf '   %-24s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
         "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other" >&2
     RESULTS+=("$round|$target|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
 }
@@ -492,7 +477,8 @@ if [[ "$WARMUP" != 0 ]]; then
     say "warm-up ($WARMUP each, not recorded)"
     for target in "${SELECTED[@]}"; do
         focus "$target"
-        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$(url_of "$target")" >/dev/null 2>&1
+        wrk_extra "$target"
+        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${EXTRA[@]}" "$(url_of "$target")" >/dev/null 2>&1
     done
 fi
 
@@ -522,15 +508,15 @@ echo "other CPU load (1 s sample, whole machine): ${BUSY_BEFORE}% before the run
 echo "wasmgate: $BUILD_INFO"
 ((PAUSE_IDLE)) && echo "wasmgate processes not under test were paused (SIGSTOP) during each run"
 echo
-printf '| %-5s | %-20s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
     round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  ---------------------- ----------: \
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------------- ----------: \
     ---------: ---------: -----------: ---------: -------: --------:
 declare -A CPU_OF
 for row in "${RESULTS[@]}"; do
     IFS='|' read -r round target rps p50 p99 cpu rss errs other <<<"$row"
     CPU_OF[$round.$target]=$cpu
-    printf '| %-5s | %-20s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
+    printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
         "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
 done
 echo
@@ -540,22 +526,30 @@ echo "other %: CPU used during the run by anything but wrk, the upstream and the
 echo "         cores (e.g. a compiler running next to the benchmark); rows with a high value are suspect."
 echo "+1: first_plugin (reads one request header, sets one response header); +3: three test_plugins"
 echo "    in tag mode (a, b, c); pooled: isolation = \"pooled\"; per-req: isolation = \"per-request\"."
+if selected jwt-hs256 || selected jwt-rs256; then
+    echo "+jwt HS256/RS256: the jwt plugin with one token for every request, so after the first request"
+    echo "    per instance it is served from the plugin's verified-token cache (no signature check)."
+fi
+selected jwt-rs256-nocache && {
+    echo "+jwt RS256 miss: jwt-rs256's config with $JWT_TOKENS distinct tokens in turn: RS256 signature"
+    echo "    checks (at most 256/$JWT_TOKENS of the requests per instance can hit the cache)."; }
+selected headers && echo "+headers: the headers plugin, 2 request headers set from templates, 1 response header set, 1 removed."
 
 # ---------------------------------------------------------------- plugin cost
 plugin_targets=()
-for t in "${PROXIES[@]}"; do [[ "$t" == plugin* || "$t" == chain* ]] && plugin_targets+=("$t"); done
+for t in "${PROXIES[@]}"; do is_plugin_target "$t" && plugin_targets+=("$t"); done
 if selected wasmgate && ((${#plugin_targets[@]})); then
     echo
     echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / 1 or / 3)."
     echo
-    printf '| %-5s | %-20s | %10s | %10s | %10s |\n' round target "cpu us/req" "- wasmgate" "per plugin"
-    printf '|%s|%s|%s|%s|%s|\n' ------- ---------------------- -----------: -----------: -----------:
+    printf '| %-5s | %-24s | %10s | %10s | %10s |\n' round target "cpu us/req" "- wasmgate" "per plugin"
+    printf '|%s|%s|%s|%s|%s|\n' ------- -------------------------- -----------: -----------: -----------:
     declare -A SUM CNT
     for round in $(seq "$ROUNDS"); do
         base=${CPU_OF[$round.wasmgate]:--}
         for t in "${plugin_targets[@]}"; do
             cpu=${CPU_OF[$round.$t]:--}
-            n=1; [[ "$t" == chain3* ]] && n=3
+            n=$(plugin_count "$t")
             if [[ "$base" == - || "$cpu" == - ]]; then
                 diff=-; per=-
             else
@@ -564,13 +558,13 @@ if selected wasmgate && ((${#plugin_targets[@]})); then
                 SUM[$t]=$(awk -v s="${SUM[$t]:-0}" -v d="$diff" 'BEGIN {print s + d}')
                 CNT[$t]=$((${CNT[$t]:-0} + 1))
             fi
-            printf '| %-5s | %-20s | %10s | %10s | %10s |\n' "$round" "$(label_of "$t")" "$cpu" "$diff" "$per"
+            printf '| %-5s | %-24s | %10s | %10s | %10s |\n' "$round" "$(label_of "$t")" "$cpu" "$diff" "$per"
         done
     done
     for t in "${plugin_targets[@]}"; do
         ((${CNT[$t]:-0})) || continue
-        n=1; [[ "$t" == chain3* ]] && n=3
-        printf '| %-5s | %-20s | %10s | %10s | %10s |\n' mean "$(label_of "$t")" "" \
+        n=$(plugin_count "$t")
+        printf '| %-5s | %-24s | %10s | %10s | %10s |\n' mean "$(label_of "$t")" "" \
             "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" 'BEGIN {printf "%.2f", s / c}')" \
             "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" -v n="$n" 'BEGIN {printf "%.2f", s / c / n}')"
     done
