@@ -377,3 +377,37 @@ async fn an_unchanged_upstream_keeps_its_connections_and_a_changed_one_starts_fr
         "the changed upstream starts a new pool"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_upstream_stops_its_health_checks() {
+    let app = TestUpstream::start("app").await;
+    let gone = TestUpstream::start("gone").await;
+    let checked = "health_check = { path = \"/health\", interval = \"50ms\", timeout = \"100ms\" }";
+    let with_gone = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}{}\
+         [[routes]]\npath = \"/{{*rest}}\"\nupstream = \"app\"\n",
+        upstream_table("app", &[(app.addr, 1)], ""),
+        upstream_table("gone", &[(gone.addr, 1)], checked),
+    );
+    let without = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
+         [[routes]]\npath = \"/{{*rest}}\"\nupstream = \"app\"\n",
+        upstream_table("app", &[(app.addr, 1)], ""),
+    );
+    let gateway = start(tempfile::tempdir().unwrap(), &with_gone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gone.hits() >= 2, "health checks run: {}", gone.hits());
+
+    gateway.replace_file("gateway.toml", without.as_bytes());
+    let client = HttpClient::http1();
+    assert_eq!(reload(&client, &gateway).await.status, 200);
+    // A check already in flight may still land.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after_reload = gone.hits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gone.hits(),
+        after_reload,
+        "no more health checks for a removed upstream"
+    );
+}
