@@ -174,7 +174,18 @@ fn decode(input: &MessageDescriptor, json: Value) -> Result<DynamicMessage, BadR
     )
     .map_err(|err| {
         let path = track.path().to_string();
-        let field = (path != "?" && path != ".").then_some(path);
+        let parent = (path != "?" && path != ".").then_some(path);
+        // An unknown field is reported at its parent object; name the field itself.
+        let unknown = err
+            .to_string()
+            .strip_prefix("unrecognized field name '")
+            .and_then(|rest| rest.strip_suffix('\''))
+            .map(str::to_owned);
+        let field = match (parent, unknown) {
+            (Some(parent), Some(name)) => Some(format!("{parent}.{name}")),
+            (None, Some(name)) => Some(name),
+            (parent, None) => parent,
+        };
         let message = match &field {
             Some(field) => format!("field `{field}`: {err}"),
             None => err.to_string(),

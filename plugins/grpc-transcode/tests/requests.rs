@@ -221,8 +221,8 @@ fn malformed_json_is_refused() {
 #[test]
 fn unknown_fields_and_wrong_types_name_the_field() {
     let cases = [
-        (json!({ "colour": "COLOR_RED" }), "", "colour"),
-        (json!({ "size": { "depth": 1 } }), "size", "depth"),
+        (json!({ "colour": "COLOR_RED" }), "colour", "colour"),
+        (json!({ "size": { "depth": 1 } }), "size.depth", "depth"),
         (json!({ "price": "cheap" }), "price", "price"),
         (json!({ "color": "COLOR_PURPLE" }), "color", "COLOR_PURPLE"),
         (json!({ "tags": ["a", 1] }), "tags[1]", "tags[1]"),
