@@ -1,7 +1,8 @@
 //! Builds the workspace's plugin crates for `wasm32-wasip2`, so that `cargo build`, `cargo
 //! test` and `cargo demo` need no separate step. The modules land in
 //! `target/wasm-plugins/wasm32-wasip2/release/*.wasm`; `WASMGATE_PLUGIN_DIR` tells the crate
-//! (the demo embeds `first_plugin.wasm`, `jwt.wasm` and `headers.wasm`) and its tests where.
+//! (the demo embeds `first_plugin.wasm`, `jwt.wasm`, `headers.wasm` and `grpc_transcode.wasm`)
+//! and its tests where.
 //!
 //! The nested cargo uses its own target directory, so it never waits for the outer build's
 //! lock. Set `WASMGATE_SKIP_PLUGIN_BUILD=1` to skip it (the demo then has no plugins).
@@ -15,6 +16,7 @@ const PLUGIN_CRATES: &[(&str, &str)] = &[
     ("first-plugin", "examples/first-plugin"),
     ("jwt", "plugins/jwt"),
     ("headers", "plugins/headers"),
+    ("grpc-transcode", "plugins/grpc-transcode"),
     ("test-plugins", "tests/plugins/test-plugins"),
 ];
 
@@ -84,9 +86,14 @@ fn main() {
         );
     }
     // The demo embeds its plugins when they were built.
-    if ["first_plugin.wasm", "jwt.wasm", "headers.wasm"]
-        .iter()
-        .all(|module| out.join(module).exists())
+    if [
+        "first_plugin.wasm",
+        "jwt.wasm",
+        "headers.wasm",
+        "grpc_transcode.wasm",
+    ]
+    .iter()
+    .all(|module| out.join(module).exists())
     {
         println!("cargo:rustc-cfg=wasmgate_demo_plugin");
     }

@@ -1,6 +1,7 @@
 //! `wasmgate demo`: two small in-process upstreams and an embedded config in front of them, so
 //! a newcomer sees routing, rewriting, a weighted canary split, header-based routing and the
-//! WebAssembly plugins (first-plugin, jwt, headers) with nothing but the binary.
+//! WebAssembly plugins (first-plugin, jwt, headers, and grpc-transcode in front of a small
+//! in-process gRPC service) with nothing but the binary.
 
 use std::convert::Infallible;
 use std::io;
@@ -29,6 +30,7 @@ pub async fn start(listen: &str) -> io::Result<Demo> {
     let mut text = demo_config(listen, v1, v2);
     if let Some(dir) = write_demo_plugins()? {
         text.push_str(&plugin_config(&dir));
+        text.push_str(&grpc_config(&dir, spawn_grpc_upstream().await?));
     }
     let config = config::load_str(Path::new("<demo>"), text).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -138,6 +140,45 @@ plugins = [{{ use = "headers", config = {{ request = {{ remove = ["x-debug"], se
     )
 }
 
+/// The gRPC route: grpc-transcode (plugins/grpc-transcode) turns JSON requests into calls to
+/// the demo.v1.Items service of demo-grpc, whose descriptor set is written to `dir/api.pb`.
+fn grpc_config(dir: &Path, grpc: SocketAddr) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+# REST/JSON to gRPC: the demo.v1.Items service (demo-grpc/proto/demo/v1/items.proto) over h2c.
+# Its google.api.http annotations map /v1/items...; POST /demo.v1.Items/METHOD reaches any
+# unary method.
+[upstreams.items]
+targets = [{{ addr = "{grpc}" }}]
+protocol = "h2c"
+
+[plugins.grpc]
+path = "{dir}/grpc_transcode.wasm"
+
+[[routes]]
+name = "items"
+path = "/v1/{{*rest}}"
+upstream = "items"
+plugins = [{{ use = "grpc", config = {{ descriptors = "@base64file:{dir}/api.pb", services = ["demo.v1.Items"] }} }}]
+
+[[routes]]
+name = "items-rpc"
+path = "/demo.v1.Items/{{method}}"
+upstream = "items"
+plugins = [{{ use = "grpc", config = {{ descriptors = "@base64file:{dir}/api.pb", services = ["demo.v1.Items"] }} }}]
+"#
+    )
+}
+
+/// The demo.v1.Items gRPC service on a loopback port.
+async fn spawn_grpc_upstream() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(grpc_demo::serve(listener));
+    Ok(addr)
+}
+
 /// The plugins the workspace built, embedded in the binary and written to a temporary folder
 /// for the demo config to load.
 #[cfg(wasmgate_demo_plugin)]
@@ -155,6 +196,11 @@ fn write_demo_plugins() -> io::Result<Option<std::path::PathBuf>> {
             "headers.wasm",
             include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/headers.wasm")),
         ),
+        (
+            "grpc_transcode.wasm",
+            include_bytes!(concat!(env!("WASMGATE_PLUGIN_DIR"), "/grpc_transcode.wasm")),
+        ),
+        ("api.pb", grpc_demo::DESCRIPTORS),
     ];
     let dir = std::env::temp_dir().join(format!("wasmgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -183,6 +229,10 @@ pub fn instructions(addr: SocketAddr) -> String {
          TOKEN={DEMO_JWT_TOKEN}\n  \
          curl -si -H \"authorization: Bearer $TOKEN\" http://{addr}/secure/me  # upstream sees x-user-id: demo-user\n  \
          curl -si -H 'x-debug: 1' http://{addr}/headers/hi   # headers plugin: request and response rewritten\n  \
+         curl -s http://{addr}/v1/items/1                    # grpc-transcode: JSON from the demo.v1.Items gRPC service\n  \
+         curl -s 'http://{addr}/v1/items?kind=KIND_TOOL'     # a server stream as a JSON array\n  \
+         curl -s -d '{{\"name\":\"Saw\",\"kind\":\"KIND_TOOL\"}}' http://{addr}/v1/items  # CreateItem\n  \
+         curl -si http://{addr}/v1/items/99                  # gRPC NOT_FOUND: 404 with a JSON error\n  \
          for i in $(seq 20); do curl -s http://{addr}/users/1 | grep -o 'users-v[12]'; done | sort | uniq -c\n\
          Access log lines (JSON) go to stdout; press Ctrl-C to drain and stop."
     )
@@ -270,7 +320,9 @@ mod tests {
     fn demo_plugins_accept_their_configs() {
         let (listen, v1, v2) = addresses();
         let dir = write_demo_plugins().unwrap().unwrap();
-        let text = demo_config(listen, v1, v2) + &plugin_config(&dir);
-        assert_eq!(build(text).router.len(), 6);
+        let text = demo_config(listen, v1, v2)
+            + &plugin_config(&dir)
+            + &grpc_config(&dir, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(build(text).router.len(), 8);
     }
 }

@@ -7,6 +7,7 @@ mod balancing;
 mod cli;
 mod first_party;
 mod forwarding;
+mod grpc;
 mod limits;
 mod plugins;
 mod reload;
