@@ -75,14 +75,14 @@ CG_CONTROL="$VG_DIR/callgrind_control"
 [[ -x "$CG_CONTROL" ]] || CG_CONTROL=$(command -v callgrind_control)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 WASMGATE="$ROOT/target/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
 VARIANTS=("$@")
 ((${#VARIANTS[@]})) || read -r -a VARIANTS <<<"$ALL_VARIANTS"
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # the variants' configs, tokens, wrk arguments and probes
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -122,7 +122,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local p
     for _ in $(seq 200); do

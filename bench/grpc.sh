@@ -60,12 +60,11 @@ TARGETS=${TARGETS:-$ALL_TARGETS}
 TARGETS=${TARGETS//,/ }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 WASMGATE="$ROOT/target/release/wasmgate"
 SERVE="$ROOT/target/release/examples/serve"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
-
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools
 missing=()
@@ -94,7 +93,6 @@ for t in $TARGETS; do
     [[ " ${SELECTED[*]} " == *" $t "* ]] || SELECTED+=("$t")
 done
 ((${#SELECTED[@]})) || die "TARGETS is empty"
-selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
 
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
@@ -143,37 +141,11 @@ say "pinning: $PIN_NOTE"
 # ---------------------------------------------------------------- temp dir + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-grpc-bench.XXXXXX")
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -CONT "$pid" 2>/dev/null   # a stopped process would not act on TERM
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ "$KEEP_TMP" == 1 ]]; then say "kept $TMP"; else rm -rf "$TMP"; fi
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 USED_PORTS=""
-pick_port() { # -> sets PORT
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ " $USED_PORTS " == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS="$USED_PORTS $p"
-        PORT=$p
-        return 0
-    done
-    die "no free port found"
-}
 pick_port; UP_PORT=$PORT
 declare -A GW_PORT GW_PID
 pick_port; GW_PORT[transcode]=$PORT
@@ -285,22 +257,6 @@ focus() { # target: PAUSE_IDLE=1 stops the other gateway during the run
         if [[ "$g" == $(gateway_of "$1") ]]; then kill -CONT "${GW_PID[$g]}"; else kill -STOP "${GW_PID[$g]}"; fi
     done 2>/dev/null
     sleep 0.2
-}
-ticks() { # pids... -> utime+stime summed (clock ticks)
-    local total=0 pid rest
-    for pid in "$@"; do
-        # field 2 (comm) may contain spaces; cut everything up to the last ')'
-        rest=$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null) || continue
-        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
-    done
-    echo "$total"
-}
-machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-to_ms() { # "812.00us", "1.23ms", "1.01s" -> milliseconds
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
 }
 load_cmd() { # target duration -> LOAD (the wrk or h2load command line)
     local t=$1 d=$2 url="http://127.0.0.1:${GW_PORT[$(gateway_of "$1")]}"

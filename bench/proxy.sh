@@ -86,11 +86,11 @@ TARGETS=${TARGETS:-$ALL_TARGETS}
 TARGETS=${TARGETS//,/ }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 WASMGATE="$ROOT/target/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # the wasmgate targets' configs, tokens, wrk arguments and probes
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -134,7 +134,6 @@ done
 ((${#SELECTED[@]})) || die "TARGETS is empty"
 PROXIES=()
 for t in "${SELECTED[@]}"; do [[ "$t" != upstream ]] && PROXIES+=("$t"); done
-selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
 for t in "${PROXIES[@]}"; do
     if is_jwt "$t"; then
         command -v openssl >/dev/null 2>&1 || die "$t needs openssl to make its tokens (apt-get install -y openssl)"
@@ -177,42 +176,11 @@ say "pinning: $PIN_NOTE"
 # ---------------------------------------------------------------- temp dir + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-bench.XXXXXX")
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -CONT "$pid" 2>/dev/null   # a paused (stopped) process would not act on TERM
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ "$KEEP_TMP" == 1 ]]; then
-        say "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# ---------------------------------------------------------------- ports
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 USED_PORTS=""
-pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ " $USED_PORTS " == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS="$USED_PORTS $p"
-        PORT=$p
-        return 0
-    done
-    die "no free port found"
-}
 pick_port; UP_PORT=$PORT
 pick_port; NGX_PORT=$PORT
 declare -A WG_PORT WG_PID
@@ -364,16 +332,6 @@ focus() { # target
 children_of() { # pid -> direct children pids
     cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$'
 }
-ticks() { # pids... -> utime+stime summed (clock ticks)
-    local total=0 pid rest
-    for pid in "$@"; do
-        # field 2 (comm) may contain spaces; cut everything up to the last ')'
-        rest=$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null) || continue
-        # after comm: field 3 is state => utime (14) and stime (15) are items 12 and 13
-        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
-    done
-    echo "$total"
-}
 rss_kb() { awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
 
 # process set whose CPU is charged to a target, and the pid whose RSS is shown
@@ -397,14 +355,6 @@ url_of() {
         nginx) echo "http://127.0.0.1:$NGX_PORT/" ;;
         *) echo "http://127.0.0.1:${WG_PORT[$1]}/" ;;
     esac
-}
-
-# latency string from wrk ("812.00us", "1.23ms", "1.01s") -> milliseconds
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
 }
 
 RESULTS=()
@@ -449,9 +399,6 @@ run_wrk() { # target round
         "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other" >&2
     RESULTS+=("$round|$target|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
 }
-
-# whole-machine busy clock ticks since boot (user+nice+system+irq+softirq+steal)
-machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 # whole-machine CPU busy % over one second (anything else running skews the numbers)
 busy_pct() {

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Process and measurement helpers shared by the bench scripts (sourced; they expect ROOT, TMP,
+# KEEP_TMP, PIDS, USED_PORTS and SELECTED to be set by the script).
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -CONT "$pid" 2>/dev/null   # a paused (stopped) process would not act on TERM
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ "$KEEP_TMP" == 1 ]]; then
+        say "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+
+# ---------------------------------------------------------------- ports
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 30000))
+        [[ " $USED_PORTS " == *" $p "* ]] && continue
+        port_in_use "$p" && continue
+        USED_PORTS="$USED_PORTS $p"
+        PORT=$p
+        return 0
+    done
+    die "no free port found"
+}
+
+ticks() { # pids... -> utime+stime summed (clock ticks)
+    local total=0 pid rest
+    for pid in "$@"; do
+        # field 2 (comm) may contain spaces; cut everything up to the last ')'
+        rest=$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null) || continue
+        # after comm: field 3 is state => utime (14) and stime (15) are items 12 and 13
+        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+    done
+    echo "$total"
+}
+
+# whole-machine busy clock ticks since boot (user+nice+system+irq+softirq+steal)
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# latency string from wrk ("812.00us", "1.23ms", "1.01s") -> milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
