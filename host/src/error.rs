@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 /// Who is at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub enum ErrorKind {
     ResponseTooLarge,
     /// A plugin failed while handling the request.
     PluginFailed,
+    /// The route's `rate_limit` refused the request.
+    RateLimited,
     Internal,
 }
 
@@ -68,6 +70,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectFailed
             | ErrorKind::UpstreamReset
@@ -84,6 +87,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::ClientBody => "the request is malformed",
             ErrorKind::BodyTooLarge => "the request body is too large",
             ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::RateLimited => "too many requests",
             ErrorKind::NoHealthyTarget => "no healthy upstream is available",
             ErrorKind::ConnectFailed => "the upstream could not be reached",
             ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
@@ -103,6 +107,7 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::ClientBody => "client_body_error",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::NoHealthyTarget => "no_healthy_upstream",
             ErrorKind::ConnectFailed => "upstream_connect_failed",
             ErrorKind::ConnectTimeout => "upstream_connect_timeout",
@@ -134,14 +139,16 @@ pub struct ProxyError {
     pub retry: RetrySafety,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync>>,
+    headers: Option<Box<HeaderMap>>,
 }
 
 impl ProxyError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let (side, retry) = match kind {
-            ErrorKind::BadRequest | ErrorKind::BodyTooLarge | ErrorKind::ClientBody => {
-                (Side::Client, RetrySafety::Never)
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::ClientBody
+            | ErrorKind::RateLimited => (Side::Client, RetrySafety::Never),
             ErrorKind::NoRoute | ErrorKind::NoHealthyTarget | ErrorKind::Internal => {
                 (Side::Gateway, RetrySafety::Never)
             }
@@ -161,7 +168,14 @@ impl ProxyError {
             retry,
             message: message.into(),
             source: None,
+            headers: None,
         }
+    }
+
+    /// Headers the error response carries (a 429's `Retry-After`, say).
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = Some(Box::new(headers));
+        self
     }
 
     pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
@@ -185,7 +199,13 @@ impl ProxyError {
             Side::Client => self.message.as_str(),
             _ => self.kind.public_message(),
         };
-        error_response(self.status(), self.kind.code(), message)
+        let mut response = error_response(self.status(), self.kind.code(), message);
+        if let Some(headers) = &self.headers {
+            response
+                .headers_mut()
+                .extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
+        response
     }
 }
 

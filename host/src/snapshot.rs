@@ -17,6 +17,7 @@ use crate::config::{
     parse_trusted_proxy,
 };
 use crate::error::ConfigErrors;
+use crate::limit::{KeyKind, Rate, RateLimit};
 use crate::plugin;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
@@ -31,6 +32,9 @@ pub struct Snapshot {
     fingerprints: BTreeMap<String, [u8; 32]>,
     /// The config file and every file it names (plugin modules, `@file:`s, certificates).
     pub inputs: Vec<PathBuf>,
+    /// Rate limits by route and definition: a reload that keeps a route's limit as it was
+    /// keeps its buckets.
+    limits: BTreeMap<String, Arc<RateLimit>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub listeners: ListenerSettings,
@@ -61,6 +65,14 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The route's plugins, request phase in order, response phase in reverse.
     pub plugins: plugin::PluginChain,
+    pub rate_limit: Option<Arc<RateLimit>>,
+}
+
+/// The rate limits of the previous snapshot (on a reload) and of the one being built, by
+/// route label and definition.
+struct LimitRegistry<'a> {
+    previous: Option<&'a BTreeMap<String, Arc<RateLimit>>>,
+    built: BTreeMap<String, Arc<RateLimit>>,
 }
 
 pub enum Backend {
@@ -135,6 +147,10 @@ impl Snapshot {
 
         let mut specs = Vec::new();
         let mut spans = Vec::new();
+        let mut limits = LimitRegistry {
+            previous: previous.map(|previous| &previous.limits),
+            built: BTreeMap::new(),
+        };
         for (index, route) in config.routes.iter().enumerate() {
             if let Some(spec) = build_route(
                 index,
@@ -142,6 +158,7 @@ impl Snapshot {
                 config,
                 &upstreams,
                 &plugins,
+                &mut limits,
                 &mut diagnostics,
             ) {
                 specs.push(spec);
@@ -172,6 +189,7 @@ impl Snapshot {
                 upstreams,
                 fingerprints,
                 inputs: diagnostics.inputs().to_vec(),
+                limits: limits.built,
                 trusted_proxies,
                 max_body_bytes: config.server.max_body_bytes.bytes(),
                 listeners,
@@ -286,6 +304,7 @@ fn build_route(
     config: &Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     plugins: &plugin::Plugins,
+    limits: &mut LimitRegistry<'_>,
     diagnostics: &mut Diagnostics,
 ) -> Option<RouteSpec<Arc<Route>>> {
     let errors_before = diagnostics.error_count();
@@ -419,13 +438,50 @@ fn build_route(
                 None
             })
     });
-    if let Some(limit) = &route.rate_limit {
-        error(
-            diagnostics,
-            limit.span(),
-            "rate limiting is not available in this build yet".into(),
+    let rate_limit = route.rate_limit.as_ref().and_then(|limit| {
+        let config = limit.get_ref();
+        if let Some(store) = &config.store {
+            error(
+                diagnostics,
+                store.span(),
+                "rate_limit.store (a shared Redis limit) is not available in this build yet".into(),
+            );
+        }
+        let rate = Rate::parse(config.rate.get_ref())
+            .map_err(|message| {
+                error(
+                    diagnostics,
+                    config.rate.span(),
+                    format!("rate_limit.rate: {message}"),
+                )
+            })
+            .ok();
+        let key = KeyKind::parse(config.key.get_ref())
+            .map_err(|message| {
+                error(
+                    diagnostics,
+                    config.key.span(),
+                    format!("rate_limit.key: {message}"),
+                )
+            })
+            .ok();
+        let identity = format!(
+            "{label}\n{}\n{:?}\n{}",
+            config.rate.get_ref(),
+            config.burst,
+            config.key.get_ref()
         );
-    }
+        if let Some(kept) = limits.previous.and_then(|previous| previous.get(&identity)) {
+            limits.built.insert(identity, kept.clone());
+            return Some(kept.clone());
+        }
+        let built = RateLimit::new(key?, rate?, config.burst)
+            .map_err(|message| error(diagnostics, limit.span(), format!("rate_limit: {message}")))
+            .ok()
+            .map(Arc::new)?;
+        limits.built.insert(identity, built.clone());
+        Some(built)
+    });
     // Each plugin of the route with this route's config; `init` runs now, so a config the
     // plugin rejects is reported like any other config error.
     let mut uses = Vec::new();
@@ -481,6 +537,7 @@ fn build_route(
             host_rewrite,
             timeout: route.timeout.map(|t| t.get()),
             plugins,
+            rate_limit,
         }),
     })
 }

@@ -10,6 +10,7 @@ mod forwarding;
 mod grpc;
 mod limits;
 mod plugins;
+mod rate_limit;
 mod reload;
 mod resilience;
 mod tls;

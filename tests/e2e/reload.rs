@@ -411,3 +411,40 @@ async fn a_removed_upstream_stops_its_health_checks() {
         "no more health checks for a removed upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_buckets_survive_a_reload_that_keeps_the_limit() {
+    let app = TestUpstream::start("app").await;
+    let config = |rate: &str, extra_route: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
+             [[routes]]\npath = \"/{{*rest}}\"\nupstream = \"app\"\n\
+             rate_limit = {{ rate = \"{rate}\", key = \"route\" }}\n{extra_route}",
+            upstream_table("app", &[(app.addr, 1)], ""),
+        )
+    };
+    let gateway = start(tempfile::tempdir().unwrap(), &config("1/m", ""));
+    let client = HttpClient::http1();
+    let status = |path: &'static str| {
+        let (client, gateway) = (&client, &gateway);
+        async move {
+            client
+                .send(Method::GET, &gateway.url(path), &[], "")
+                .await
+                .status
+        }
+    };
+    assert_eq!(status("/a").await, 200);
+    assert_eq!(status("/a").await, 429);
+
+    // Another route added; this route's limit as it was: still empty.
+    let more = "\n[[routes]]\npath = \"/other\"\nupstream = \"app\"\n";
+    gateway.replace_file("gateway.toml", config("1/m", more).as_bytes());
+    assert_eq!(reload(&client, &gateway).await.status, 200);
+    assert_eq!(status("/a").await, 429, "the bucket survived the reload");
+
+    // A new rate is a new limit, with a full bucket.
+    gateway.replace_file("gateway.toml", config("2/m", more).as_bytes());
+    assert_eq!(reload(&client, &gateway).await.status, 200);
+    assert_eq!(status("/a").await, 200);
+}

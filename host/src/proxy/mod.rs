@@ -21,6 +21,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::limit::{RateLimit, Verdict};
 use crate::plugin::ChainCall;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
@@ -42,9 +43,20 @@ pub async fn serve(
         headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
     let request_id = headers::ensure_request_id(request.headers_mut());
     let mut record = AccessRecord::new(client_ip, &request, request_id.clone());
+    let mut quota_headers = None;
     let result = match framing_error {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
-        None => proxy(&snapshot, &conn, client_ip, request, &mut record).await,
+        None => {
+            proxy(
+                &snapshot,
+                &conn,
+                client_ip,
+                request,
+                &mut record,
+                &mut quota_headers,
+            )
+            .await
+        }
     };
     let mut response = match result {
         Ok(response) => response,
@@ -54,7 +66,8 @@ pub async fn serve(
                 ErrorKind::BadRequest
                 | ErrorKind::BodyTooLarge
                 | ErrorKind::ClientBody
-                | ErrorKind::NoRoute => {
+                | ErrorKind::NoRoute
+                | ErrorKind::RateLimited => {
                     tracing::debug!(request_id = ?request_id, "{error}")
                 }
                 _ => {
@@ -75,6 +88,10 @@ pub async fn serve(
     response
         .headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), request_id);
+    if let Some(quota) = quota_headers {
+        // An allowed request learns what is left of its quota.
+        response.headers_mut().extend(quota);
+    }
     record.status = response.status().as_u16();
     response.body_mut().set_on_end(Box::new(record));
     response
@@ -86,10 +103,21 @@ async fn proxy(
     client_ip: IpAddr,
     mut request: Request<Incoming>,
     record: &mut AccessRecord,
+    quota_headers: &mut Option<http::HeaderMap>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&request, snapshot.max_body_bytes)?;
     let (route, rewritten_path) = find_route(snapshot, &request)?;
     record.route = Some(route.name.clone());
+    // A limit keyed by a context value waits for the plugins that set it; the others run
+    // first, so a limited client costs no plugin work.
+    let (limit_now, limit_after_plugins) = match &route.rate_limit {
+        Some(limit) if limit.key_kind().needs_plugins() => (None, Some(limit)),
+        Some(limit) => (Some(limit), None),
+        None => (None, None),
+    };
+    if let Some(limit) = limit_now {
+        *quota_headers = Some(enforce(limit, client_ip, request.headers(), &record.ctx)?);
+    }
     let upstream = route.backend.choose().clone();
     let client_upgrade =
         upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
@@ -138,6 +166,9 @@ async fn proxy(
                 path_changed,
                 call,
             } => {
+                if let Some(limit) = limit_after_plugins {
+                    *quota_headers = Some(enforce(limit, client_ip, &parts.headers, &record.ctx)?);
+                }
                 // A plugin that set the path decides it; the route's rewrite no longer applies.
                 let rewritten_path = if path_changed { None } else { rewritten_path };
                 (parts, body, incoming, rewritten_path, call)
@@ -421,5 +452,28 @@ async fn forward(
         tracing::debug!(upstream = %upstream.name, target = %target.addr, attempt = record.attempts, "retrying");
         drop(outcome);
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Takes a unit of the route's rate limit: the quota headers for the response, or a 429.
+fn enforce(
+    limit: &RateLimit,
+    client_ip: IpAddr,
+    headers: &http::HeaderMap,
+    ctx: &crate::plugin::Context,
+) -> Result<http::HeaderMap, ProxyError> {
+    match limit.check(client_ip, headers, ctx) {
+        Verdict::Allowed(quota) => Ok(quota),
+        Verdict::Limited {
+            headers,
+            retry_after,
+        } => Err(ProxyError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "rate limit exceeded; retry in {:.1} s",
+                retry_after.as_secs_f64()
+            ),
+        )
+        .with_headers(headers)),
     }
 }

@@ -1,0 +1,336 @@
+//! Route rate limits (`rate_limit = { rate, burst, key }`): GCRA (governor), one state per
+//! key, in this process.
+//!
+//! A request whose key is missing (no such header or context value) is limited under one
+//! shared "unknown" key, never let through unlimited. Keys that are back to a full bucket are
+//! evicted every [`EVICT_EVERY`], and at once when the map passes [`MAX_KEYS`], so a flood of
+//! distinct client addresses costs memory only for the keys active within a refill period.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugin::Context;
+
+/// Keys kept per route before an eviction pass runs out of turn.
+const MAX_KEYS: usize = 100_000;
+/// How often idle keys are dropped (checked on the request path, no timer task).
+const EVICT_EVERY: Duration = Duration::from_secs(10);
+/// Past [`MAX_KEYS`], passes run sooner, but never more often than this: a pass walks every
+/// key, and a flood of keys that are all still active must not make every request pay for one.
+const EVICT_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+
+/// What a limit is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    ClientIp,
+    Header(HeaderName),
+    Ctx(String),
+    Route,
+}
+
+impl KeyKind {
+    pub fn parse(text: &str) -> Result<KeyKind, String> {
+        match text {
+            "client_ip" => Ok(KeyKind::ClientIp),
+            "route" => Ok(KeyKind::Route),
+            other => {
+                if let Some(name) = other.strip_prefix("header:") {
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map(KeyKind::Header)
+                        .map_err(|_| format!("`{name}` is not a valid header name"))
+                } else if let Some(name) = other.strip_prefix("ctx:").filter(|n| !n.is_empty()) {
+                    Ok(KeyKind::Ctx(name.to_owned()))
+                } else {
+                    Err(format!(
+                        "unknown key `{other}` (use client_ip, header:NAME, ctx:NAME or route)"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The context value the key needs: the limit then runs after the plugins' request phase.
+    pub fn needs_plugins(&self) -> bool {
+        matches!(self, KeyKind::Ctx(_))
+    }
+}
+
+/// One bucket's identity. Addresses are kept as they are (no allocation per request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Ip(IpAddr),
+    Text(Box<[u8]>),
+    Unknown,
+    Route,
+}
+
+/// `rate` as written: so many per second, minute or hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || format!("`{text}` is not a rate like \"100/s\", \"6000/m\" or \"10/h\"");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Ok(Rate { count, per })
+    }
+}
+
+pub struct RateLimit {
+    key: KeyKind,
+    rate: Rate,
+    burst: NonZeroU32,
+    limiter: DefaultKeyedRateLimiter<Key, StateInformationMiddleware>,
+    /// `RateLimit-Policy`, the same for every response of the route.
+    policy: HeaderValue,
+    /// Clock nanos of the last eviction pass.
+    last_eviction: AtomicU64,
+}
+
+/// What the limiter decided.
+pub enum Verdict {
+    /// Allowed; these headers go on the response.
+    Allowed(HeaderMap),
+    /// Over the limit: 429 with these headers.
+    Limited {
+        headers: HeaderMap,
+        retry_after: Duration,
+    },
+}
+
+impl RateLimit {
+    /// `burst` defaults to the rate's count: "100/s" allows 100 at once, then 100 per second.
+    pub fn new(key: KeyKind, rate: Rate, burst: Option<u32>) -> Result<RateLimit, String> {
+        let burst = match burst {
+            Some(burst) => NonZeroU32::new(burst).ok_or("`burst` must be at least 1")?,
+            None => rate.count,
+        };
+        let interval = rate.per / rate.count.get();
+        let quota = Quota::with_period(interval)
+            .ok_or("the rate is too high (under a nanosecond per request)")?
+            .allow_burst(burst);
+        let policy = HeaderValue::from_str(&format!(
+            "\"route\";q={};w={}",
+            rate.count,
+            rate.per.as_secs()
+        ))
+        .map_err(|err| err.to_string())?;
+        Ok(RateLimit {
+            key,
+            rate,
+            burst,
+            limiter: DefaultKeyedRateLimiter::keyed(quota)
+                .with_middleware::<StateInformationMiddleware>(),
+            policy,
+            last_eviction: AtomicU64::new(0),
+        })
+    }
+
+    pub fn key_kind(&self) -> &KeyKind {
+        &self.key
+    }
+
+    /// Takes one unit for this request's key.
+    pub fn check(&self, client_ip: IpAddr, headers: &HeaderMap, ctx: &Context) -> Verdict {
+        let key = match &self.key {
+            KeyKind::ClientIp => Key::Ip(client_ip),
+            KeyKind::Route => Key::Route,
+            KeyKind::Header(name) => headers
+                .get(name)
+                .map_or(Key::Unknown, |value| Key::Text(value.as_bytes().into())),
+            KeyKind::Ctx(name) => ctx
+                .get(name)
+                .map_or(Key::Unknown, |value| Key::Text(value.as_bytes().into())),
+        };
+        self.evict_idle_keys();
+        let interval = self.rate.per / self.rate.count.get();
+        match self.limiter.check_key(&key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                // Seconds until the bucket is full again.
+                let reset = interval * (self.burst.get() - remaining);
+                Verdict::Allowed(self.headers(remaining, reset))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let mut headers = self.headers(0, wait);
+                headers.insert(http::header::RETRY_AFTER, seconds_up(wait).into());
+                Verdict::Limited {
+                    headers,
+                    retry_after: wait,
+                }
+            }
+        }
+    }
+
+    fn headers(&self, remaining: u32, reset: Duration) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(2);
+        headers.insert(
+            HeaderName::from_static("ratelimit-policy"),
+            self.policy.clone(),
+        );
+        let state = format!("\"route\";r={remaining};t={}", seconds_up(reset));
+        if let Ok(value) = HeaderValue::from_str(&state) {
+            headers.insert(HeaderName::from_static("ratelimit"), value);
+        }
+        headers
+    }
+
+    fn evict_idle_keys(&self) {
+        let now = monotonic_nanos();
+        let last = self.last_eviction.load(Ordering::Relaxed);
+        let since = now.saturating_sub(last);
+        let due = since >= EVICT_EVERY.as_nanos() as u64
+            || (since >= EVICT_AT_MOST_EVERY.as_nanos() as u64 && self.limiter.len() > MAX_KEYS);
+        if due
+            && self
+                .last_eviction
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Keys held now (for tests and metrics).
+    pub fn keys(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// Whole seconds, rounded up (a client told "0" would retry at once).
+fn seconds_up(duration: Duration) -> u64 {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() > 0 {
+        seconds + 1
+    } else {
+        seconds
+    }
+}
+
+fn monotonic_nanos() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn rates_and_keys_parse() {
+        assert_eq!(Rate::parse("100/s").unwrap().per, Duration::from_secs(1));
+        assert_eq!(Rate::parse("6000/m").unwrap().count.get(), 6000);
+        assert!(Rate::parse("0/s").is_err() && Rate::parse("5/week").is_err());
+        assert_eq!(
+            KeyKind::parse("header:X-Api-Key").unwrap(),
+            KeyKind::Header(HeaderName::from_static("x-api-key"))
+        );
+        assert_eq!(
+            KeyKind::parse("ctx:user_id").unwrap(),
+            KeyKind::Ctx("user_id".into())
+        );
+        assert!(KeyKind::parse("cookie").is_err() && KeyKind::parse("ctx:").is_err());
+    }
+
+    #[test]
+    fn burst_then_limited_per_key_with_headers() {
+        let limit =
+            RateLimit::new(KeyKind::ClientIp, Rate::parse("1/m").unwrap(), Some(2)).unwrap();
+        let (headers, ctx) = (HeaderMap::new(), Context::new());
+        let Verdict::Allowed(first) = limit.check(ip(1), &headers, &ctx) else {
+            panic!("first request limited")
+        };
+        assert_eq!(first["ratelimit-policy"], "\"route\";q=1;w=60");
+        assert_eq!(first["ratelimit"], "\"route\";r=1;t=60");
+        assert!(matches!(
+            limit.check(ip(1), &headers, &ctx),
+            Verdict::Allowed(_)
+        ));
+        let Verdict::Limited {
+            headers: limited,
+            retry_after,
+        } = limit.check(ip(1), &headers, &ctx)
+        else {
+            panic!("third request allowed")
+        };
+        assert!(retry_after > Duration::from_secs(55), "{retry_after:?}");
+        assert_eq!(limited["retry-after"], "60");
+        // Another client has its own bucket.
+        assert!(matches!(
+            limit.check(ip(2), &headers, &ctx),
+            Verdict::Allowed(_)
+        ));
+    }
+
+    #[test]
+    fn a_missing_key_shares_the_unknown_bucket() {
+        let limit = RateLimit::new(
+            KeyKind::Ctx("user_id".into()),
+            Rate::parse("1/m").unwrap(),
+            Some(1),
+        )
+        .unwrap();
+        let headers = HeaderMap::new();
+        let mut ctx = Context::new();
+        assert!(matches!(
+            limit.check(ip(1), &headers, &ctx),
+            Verdict::Allowed(_)
+        ));
+        // A different client without the value: the same "unknown" bucket, already empty.
+        assert!(matches!(
+            limit.check(ip(2), &headers, &ctx),
+            Verdict::Limited { .. }
+        ));
+        ctx.insert("user_id".into(), "alice".into());
+        assert!(matches!(
+            limit.check(ip(2), &headers, &ctx),
+            Verdict::Allowed(_)
+        ));
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_past_the_bound() {
+        // Fast refill: a key is idle (full again) a millisecond after its one request.
+        let limit =
+            RateLimit::new(KeyKind::ClientIp, Rate::parse("1000/s").unwrap(), Some(1)).unwrap();
+        let (headers, ctx) = (HeaderMap::new(), Context::new());
+        for n in 0..(MAX_KEYS as u32 + 5_000) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            limit.check(ip, &headers, &ctx);
+            if n % 20_000 == 0 {
+                // Let the earlier keys refill and the out-of-turn pass come due.
+                std::thread::sleep(EVICT_AT_MOST_EVERY);
+            }
+        }
+        assert!(
+            limit.keys() <= MAX_KEYS,
+            "{} keys held after {} distinct clients",
+            limit.keys(),
+            MAX_KEYS + 5_000
+        );
+    }
+}
