@@ -1,11 +1,13 @@
 //! The admin API, on its own listener (`server.admin`, never the public one):
-//! `GET /healthz`, `GET /metrics` (Prometheus), `GET /config` (the active config's hash, when
-//! it was loaded, the last reload attempt) and `POST /reload`.
+//! `GET /healthz`, `GET /metrics` (Prometheus), `GET /upstreams` (targets with health and
+//! ejection state), `GET /config` (the active config's hash, when it was loaded, the last
+//! reload attempt) and `POST /reload`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -17,10 +19,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::reload::{Outcome, Reloader, Trigger};
+use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::metrics;
+use crate::upstream::clock_ms;
 
 /// What the admin endpoints act on.
 pub struct Admin {
+    pub state: Arc<ArcSwap<Snapshot>>,
     /// `None` when the gateway runs without a config file (the demo): nothing to reload.
     pub reloader: Option<Arc<Reloader>>,
 }
@@ -65,6 +70,9 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
             );
             response
         }
+        (&Method::GET, "/upstreams") => {
+            json_response(StatusCode::OK, &upstreams(&admin.state.load()))
+        }
         (&Method::GET, "/config") => match &admin.reloader {
             Some(reloader) => json_response(StatusCode::OK, &config_status(reloader)),
             None => json_response(
@@ -86,15 +94,44 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
                 &json!({ "error": "no_config_file", "message": "running without a config file: nothing to reload" }),
             ),
         },
-        (_, "/healthz" | "/metrics" | "/config" | "/reload") => json_response(
+        (_, "/healthz" | "/metrics" | "/upstreams" | "/config" | "/reload") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method_not_allowed", "message": "see docs/operations.md for the admin API" }),
         ),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &json!({ "error": "not_found", "message": "admin endpoints: GET /healthz, GET /metrics, GET /config, POST /reload" }),
+            &json!({ "error": "not_found", "message": "admin endpoints: GET /healthz, GET /metrics, GET /upstreams, GET /config, POST /reload" }),
         ),
     }
+}
+
+/// Every upstream's targets with what is known about them now.
+fn upstreams(snapshot: &Snapshot) -> Value {
+    let now = clock_ms();
+    let upstreams: serde_json::Map<String, Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|(name, upstream)| {
+            let targets: Vec<Value> = upstream
+                .targets
+                .iter()
+                .map(|target| {
+                    let ejected = target.is_ejected(now);
+                    json!({
+                        "addr": &*target.addr,
+                        "weight": target.weight,
+                        "healthy": target.is_healthy(),
+                        "ejected": ejected,
+                        "ejected_for_ms": if ejected { target.ejected_until().saturating_sub(now) } else { 0 },
+                        "available": target.is_available(now),
+                        "in_flight": target.in_flight(),
+                    })
+                })
+                .collect();
+            (name.clone(), json!({ "targets": targets }))
+        })
+        .collect();
+    json!({ "upstreams": upstreams })
 }
 
 fn config_status(reloader: &Reloader) -> Value {

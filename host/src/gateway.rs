@@ -82,6 +82,7 @@ impl Gateway {
                 tracing::info!("admin API on http://{addr}");
             }
             let admin = Arc::new(Admin {
+                state: self.state.clone(),
                 reloader: self.reloader.clone(),
             });
             tokio::spawn(admin::serve(listener, admin, stop_admin.clone()));
