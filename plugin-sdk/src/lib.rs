@@ -57,6 +57,7 @@
 //! serde; a plugin that returns `Err` from [`Plugin::new`] rejects it, and `wasmgate check`
 //! and reloads show the message.
 
+pub mod header;
 mod message;
 pub mod testing;
 

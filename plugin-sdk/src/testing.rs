@@ -12,19 +12,6 @@ use crate::{Action, Capabilities, Plugin, Request, Response};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestHeaders(pub Vec<(String, Vec<u8>)>);
 
-fn valid_name(name: &str) -> Result<String, String> {
-    let lower = name.to_ascii_lowercase();
-    let ok = !lower.is_empty()
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
-        Ok(lower)
-    } else {
-        Err(format!("`{name}` is not a valid header name"))
-    }
-}
-
 fn valid_value(value: &[u8]) -> Result<(), String> {
     if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         Err("header values must not contain control characters".into())
@@ -60,7 +47,7 @@ impl TestHeaders {
     }
 
     pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
-        let name = valid_name(name)?;
+        let name = crate::header::name(name)?;
         valid_value(value)?;
         self.remove(&name);
         self.0.push((name, value.to_vec()));
@@ -68,7 +55,7 @@ impl TestHeaders {
     }
 
     pub fn append(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
-        let name = valid_name(name)?;
+        let name = crate::header::name(name)?;
         valid_value(value)?;
         self.0.push((name, value.to_vec()));
         Ok(())

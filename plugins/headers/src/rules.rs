@@ -8,17 +8,6 @@ use wasmgate_sdk::log;
 
 use crate::template::{Template, Vars};
 
-/// Headers the gateway manages; plugins can neither set nor remove them.
-const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "upgrade",
-    "te",
-    "host",
-];
-
 /// A `request` or `response` table of the config.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,17 +112,7 @@ fn templates(
 
 /// A header name this phase may change, lowercased.
 fn header_name(name: &str, phase: Phase) -> Result<String, String> {
-    let is_token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !is_token {
-        return Err(format!("`{name}` is not a valid header name"));
-    }
-    let name = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&name.as_str()) {
-        return Err(format!("`{name}` is managed by the gateway"));
-    }
+    let name = wasmgate_sdk::header::settable(name)?;
     if phase == Phase::Response && name == "x-request-id" {
         return Err("`x-request-id` is set by the gateway on every response".into());
     }

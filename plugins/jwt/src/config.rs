@@ -18,17 +18,6 @@ const MIN_SECRET_BYTES: usize = 32;
 /// Context value names are limited by the gateway.
 const MAX_CONTEXT_NAME_BYTES: usize = 128;
 
-/// Headers the gateway manages; a plugin cannot set them.
-const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "upgrade",
-    "te",
-    "host",
-];
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -174,7 +163,7 @@ pub fn claim_mappings(
     let mut mappings = ClaimMappings::default();
     for (claim, header) in to_headers {
         check_claim_name(&claim, "claims_to_headers")?;
-        let header = header_name(&header)
+        let header = wasmgate_sdk::header::settable(&header)
             .map_err(|problem| format!("`claims_to_headers.{claim}`: {problem}"))?;
         if mappings.to_headers.iter().any(|(_, h)| *h == header) {
             return Err(format!(
@@ -201,22 +190,6 @@ fn check_claim_name(claim: &str, table: &str) -> Result<(), String> {
         return Err(format!("`{table}`: a claim name must not be empty"));
     }
     Ok(())
-}
-
-/// A header name the plugin may set, lowercased.
-fn header_name(name: &str) -> Result<String, String> {
-    let is_token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !is_token {
-        return Err(format!("`{name}` is not a valid header name"));
-    }
-    let name = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&name.as_str()) {
-        return Err(format!("`{name}` is managed by the gateway"));
-    }
-    Ok(name)
 }
 
 #[cfg(test)]
