@@ -63,3 +63,30 @@ to_ms() {
         if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
         printf "%.3f", n }'
 }
+
+# "wasmgate VERSION, git HASH" (+ a note when host/ or plugins/ have uncommitted changes)
+build_info() { # wasmgate binary
+    local info
+    info="$("$1" --version 2>/dev/null)"
+    if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+        info="$info, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+        [[ -n "$(git -C "$ROOT" status --porcelain -- host plugins Cargo.toml Cargo.lock 2>/dev/null)" ]] \
+            && info="$info + uncommitted changes in host/ or plugins/"
+    fi
+    echo "$info"
+}
+
+# The gateway under test on core 0, the load generator and upstream on core 1 (with 2+ cores
+# and taskset): sets PROXY_PIN, LOAD_PIN and PIN_NOTE.
+pin_cores() { # what-runs-on-core-1
+    PROXY_PIN=()
+    LOAD_PIN=()
+    if ((have_taskset)) && ((NCPU >= 2)); then
+        PROXY_PIN=(taskset -c 0)
+        LOAD_PIN=(taskset -c 1)
+        PIN_NOTE="proxy on core 0; $1 on core 1"
+    else
+        PIN_NOTE="not pinned ($NCPU core(s)$( ((have_taskset)) || echo ', no taskset'))"
+    fi
+    say "pinning: $PIN_NOTE"
+}

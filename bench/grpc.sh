@@ -119,24 +119,10 @@ fi
 [[ -x "$SERVE" ]] || die "$SERVE not found (cargo build --release -p grpc-demo --example serve)"
 [[ -f "$PLUGIN_DIR/grpc_transcode.wasm" ]] \
     || die "$PLUGIN_DIR/grpc_transcode.wasm not found (built by cargo build; or set PLUGIN_DIR)"
-BUILD_INFO="$("$WASMGATE" --version 2>/dev/null)"
-if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
-    BUILD_INFO="$BUILD_INFO, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
-    [[ -n "$(git -C "$ROOT" status --porcelain -- host plugins Cargo.toml Cargo.lock 2>/dev/null)" ]] \
-        && BUILD_INFO="$BUILD_INFO + uncommitted changes in host/ or plugins/"
-fi
+BUILD_INFO=$(build_info "$WASMGATE")
 
 # ---------------------------------------------------------------- pinning
-GW_PIN=()
-LOAD_PIN=()
-if ((have_taskset)) && ((NCPU >= 2)); then
-    GW_PIN=(taskset -c 0)
-    LOAD_PIN=(taskset -c 1)
-    PIN_NOTE="gateway on core 0; load generator + upstream on core 1"
-else
-    PIN_NOTE="not pinned ($NCPU core(s)$( ((have_taskset)) || echo ', no taskset'))"
-fi
-say "pinning: $PIN_NOTE"
+pin_cores "load generator + upstream"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-grpc-bench.XXXXXX")
@@ -196,7 +182,7 @@ start_gateway() { # transcode|plain
     mkdir -p "$dir"
     gateway_toml "$g" "${GW_PORT[$g]}" >"$dir/gateway.toml"
     say "starting wasmgate ($g) on 127.0.0.1:${GW_PORT[$g]}"
-    "${GW_PIN[@]}" "$WASMGATE" run -c "$dir/gateway.toml" >"$dir/access.log" 2>"$dir/stderr.log" &
+    "${PROXY_PIN[@]}" "$WASMGATE" run -c "$dir/gateway.toml" >"$dir/access.log" 2>"$dir/stderr.log" &
     pid=$!
     GW_PID[$g]=$pid
     PIDS+=("$pid")

@@ -154,24 +154,10 @@ for t in "${PROXIES[@]}"; do
     [[ -z "$wasm" || -f "$PLUGIN_DIR/$wasm" ]] \
         || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
 done
-BUILD_INFO="$("$WASMGATE" --version 2>/dev/null)"
-if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
-    BUILD_INFO="$BUILD_INFO, git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
-    [[ -n "$(git -C "$ROOT" status --porcelain -- host plugins Cargo.toml Cargo.lock 2>/dev/null)" ]] \
-        && BUILD_INFO="$BUILD_INFO + uncommitted changes in host/ or plugins/"
-fi
+BUILD_INFO=$(build_info "$WASMGATE")
 
 # ---------------------------------------------------------------- pinning
-PROXY_PIN=()
-LOAD_PIN=()
-if ((have_taskset)) && ((NCPU >= 2)); then
-    PROXY_PIN=(taskset -c 0)
-    LOAD_PIN=(taskset -c 1)
-    PIN_NOTE="proxy on core 0; wrk + upstream on core 1"
-else
-    PIN_NOTE="not pinned ($NCPU core(s)$( ((have_taskset)) || echo ', no taskset'))"
-fi
-say "pinning: $PIN_NOTE"
+pin_cores "wrk + upstream"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-bench.XXXXXX")
