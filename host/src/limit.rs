@@ -102,6 +102,9 @@ pub struct RateLimit {
     policy: HeaderValue,
     /// Clock nanos of the last eviction pass.
     last_eviction: AtomicU64,
+    /// Clock nanos of the last look at the map's size (which walks every shard, so it is not
+    /// done per request).
+    last_size_check: AtomicU64,
 }
 
 /// What the limiter decided.
@@ -140,6 +143,7 @@ impl RateLimit {
                 .with_middleware::<StateInformationMiddleware>(),
             policy,
             last_eviction: AtomicU64::new(0),
+            last_size_check: AtomicU64::new(0),
         })
     }
 
@@ -195,16 +199,19 @@ impl RateLimit {
 
     fn evict_idle_keys(&self) {
         let now = monotonic_nanos();
-        let last = self.last_eviction.load(Ordering::Relaxed);
-        let since = now.saturating_sub(last);
-        let due = since >= EVICT_EVERY.as_nanos() as u64
-            || (since >= EVICT_AT_MOST_EVERY.as_nanos() as u64 && self.limiter.len() > MAX_KEYS);
-        if due
-            && self
-                .last_eviction
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        let checked = self.last_size_check.load(Ordering::Relaxed);
+        // At most one look every EVICT_AT_MOST_EVERY, by the one request that claims it.
+        if now.saturating_sub(checked) < EVICT_AT_MOST_EVERY.as_nanos() as u64
+            || self
+                .last_size_check
+                .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
+            return;
+        }
+        let since_pass = now.saturating_sub(self.last_eviction.load(Ordering::Relaxed));
+        if since_pass >= EVICT_EVERY.as_nanos() as u64 || self.limiter.len() > MAX_KEYS {
+            self.last_eviction.store(now, Ordering::Relaxed);
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
