@@ -17,6 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::plugin::Context;
+use crate::upstream::clock_ms;
 
 /// Keys kept per route before an eviction pass runs out of turn.
 const MAX_KEYS: usize = 100_000;
@@ -100,9 +101,9 @@ pub struct RateLimit {
     limiter: DefaultKeyedRateLimiter<Key, StateInformationMiddleware>,
     /// `RateLimit-Policy`, the same for every response of the route.
     policy: HeaderValue,
-    /// Clock nanos of the last eviction pass.
+    /// [`clock_ms`] of the last eviction pass.
     last_eviction: AtomicU64,
-    /// Clock nanos of the last look at the map's size (which walks every shard, so it is not
+    /// [`clock_ms`] of the last look at the map's size (which walks every shard, so it is not
     /// done per request).
     last_size_check: AtomicU64,
 }
@@ -198,10 +199,10 @@ impl RateLimit {
     }
 
     fn evict_idle_keys(&self) {
-        let now = monotonic_nanos();
+        let now = clock_ms();
         let checked = self.last_size_check.load(Ordering::Relaxed);
         // At most one look every EVICT_AT_MOST_EVERY, by the one request that claims it.
-        if now.saturating_sub(checked) < EVICT_AT_MOST_EVERY.as_nanos() as u64
+        if now.saturating_sub(checked) < EVICT_AT_MOST_EVERY.as_millis() as u64
             || self
                 .last_size_check
                 .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -210,7 +211,7 @@ impl RateLimit {
             return;
         }
         let since_pass = now.saturating_sub(self.last_eviction.load(Ordering::Relaxed));
-        if since_pass >= EVICT_EVERY.as_nanos() as u64 || self.limiter.len() > MAX_KEYS {
+        if since_pass >= EVICT_EVERY.as_millis() as u64 || self.limiter.len() > MAX_KEYS {
             self.last_eviction.store(now, Ordering::Relaxed);
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
@@ -231,12 +232,6 @@ fn seconds_up(duration: Duration) -> u64 {
     } else {
         seconds
     }
-}
-
-fn monotonic_nanos() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
