@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{TargetState, metrics};
 use crate::upstream::clock_ms;
 
 /// What the admin endpoints act on.
@@ -61,7 +61,8 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(metrics().encode())));
+            let targets = target_states(&admin.state.load());
+            let mut response = Response::new(Full::new(Bytes::from(metrics().encode(targets))));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(
@@ -132,6 +133,23 @@ fn upstreams(snapshot: &Snapshot) -> Value {
         })
         .collect();
     json!({ "upstreams": upstreams })
+}
+
+/// The active snapshot's targets, for the metrics' health and ejection gauges.
+fn target_states(snapshot: &Snapshot) -> Vec<TargetState> {
+    let now = clock_ms();
+    snapshot
+        .upstreams
+        .values()
+        .flat_map(|upstream| {
+            upstream.targets.iter().map(move |target| TargetState {
+                upstream: upstream.name.clone(),
+                target: target.addr.clone(),
+                healthy: target.is_healthy(),
+                ejected: target.is_ejected(now),
+            })
+        })
+        .collect()
 }
 
 fn config_status(reloader: &Reloader) -> Value {

@@ -22,6 +22,7 @@ use crate::plugin;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
 use crate::server::tls;
+use crate::telemetry::metrics::{RouteMetrics, metrics};
 use crate::upstream::{SmoothRoundRobin, TransportCache, Upstream};
 
 pub struct Snapshot {
@@ -66,6 +67,8 @@ pub struct Route {
     /// The route's plugins, request phase in order, response phase in reverse.
     pub plugins: plugin::PluginChain,
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// The route's request counts and latency (its name goes to the access log from here).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// The rate limits of the previous snapshot (on a reload) and of the one being built, by
@@ -526,12 +529,14 @@ fn build_route(
     if diagnostics.error_count() > errors_before {
         return None;
     }
+    let name: Arc<str> = Arc::from(label.as_str());
     Some(RouteSpec {
         host: route.host.as_ref().map(|h| h.get_ref().clone()),
         path: path.clone(),
         predicates: Predicates { methods, headers },
         value: Arc::new(Route {
-            name: Arc::from(label.as_str()),
+            metrics: Arc::new(metrics().route(Arc::clone(&name))),
+            name,
             backend,
             rewrite,
             host_rewrite,

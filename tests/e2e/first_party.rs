@@ -15,10 +15,6 @@ use crate::support::*;
 
 const SECRET: &str = "an-e2e-secret-that-is-long-enough";
 
-fn wasm(name: &str) -> String {
-    format!("{}/{name}.wasm", env!("WASMGATE_PLUGIN_DIR"))
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

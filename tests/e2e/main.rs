@@ -10,6 +10,7 @@ mod first_party;
 mod forwarding;
 mod grpc;
 mod limits;
+mod metrics;
 mod plugins;
 mod rate_limit;
 mod reload;

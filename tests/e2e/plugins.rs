@@ -8,10 +8,6 @@ use http::Method;
 
 use crate::support::*;
 
-fn wasm(name: &str) -> String {
-    format!("{}/{name}.wasm", env!("WASMGATE_PLUGIN_DIR"))
-}
-
 /// A config with the given `[plugins.*]` tables and one route to `upstream` using `uses`.
 fn config(upstream: &TestUpstream, plugins: &str, routes: &str) -> String {
     format!(

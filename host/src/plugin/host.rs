@@ -115,12 +115,62 @@ pub struct ResponseView {
     pub body_visible: bool,
 }
 
+/// A store's resource limits, remembering a refused memory growth: the refusal traps, and the
+/// trap alone does not tell a plugin over its `memory_limit` from any other failure.
+struct Limits {
+    store: StoreLimits,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.store.memory_growing(current, desired, maximum);
+        self.memory_refused |= !matches!(allowed, Ok(true));
+        allowed
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_refused = true;
+        self.store.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.store.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.store.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.store.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.store.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.store.memories()
+    }
+}
+
 /// What a store holds: one plugin instance's state between and during calls.
 pub struct CallState {
     pub plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     pub request: Option<RequestView>,
     pub response: Option<ResponseView>,
     pub ctx: Context,
@@ -138,13 +188,16 @@ impl CallState {
             // Nothing granted: no preopened directories, no environment, no network.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                store: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .instances(64)
+                    .tables(64)
+                    .memories(16)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_refused: false,
+            },
             request: None,
             response: None,
             ctx: Context::new(),
@@ -158,9 +211,15 @@ impl CallState {
         &mut self.limits
     }
 
+    /// Whether the plugin was refused memory since the last time this was asked.
+    pub fn take_memory_refused(&mut self) -> bool {
+        std::mem::take(&mut self.limits.memory_refused)
+    }
+
     /// Starts a call: the output budget is per call.
     pub fn begin_call(&mut self) {
         self.header_output = 0;
+        self.limits.memory_refused = false;
     }
 
     fn request(&mut self) -> &mut RequestView {

@@ -23,6 +23,7 @@ pub(crate) use host::{empty_request, empty_response};
 use pool::{InstancePool, Shared};
 
 use crate::config::{Diagnostics, Isolation, OnError, PluginConfig, Size, Spanned};
+use crate::telemetry::metrics::PluginErrorKind;
 
 /// Default `memory_limit`.
 const DEFAULT_MEMORY_LIMIT: Size = Size::mib(16);
@@ -42,6 +43,7 @@ pub struct PluginSpec {
 #[derive(Debug, Clone)]
 pub struct PluginFailure {
     pub plugin: Arc<str>,
+    pub kind: PluginErrorKind,
     pub message: String,
 }
 

@@ -6,7 +6,7 @@
 //! "per-request"` instantiates (and initialises) a fresh instance for every request.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use wasmtime::Store;
@@ -18,6 +18,7 @@ use super::host::{
 };
 use super::{PluginFailure, PluginSpec};
 use crate::config::Isolation;
+use crate::telemetry::metrics::{Phase, PluginErrorKind, PluginMetrics, metrics};
 
 /// Idle instances kept per pool; more concurrent requests instantiate extra ones.
 const MAX_IDLE: usize = 64;
@@ -38,6 +39,7 @@ pub struct InstancePool {
     config_json: String,
     pub needs: Needs,
     idle: Mutex<Vec<Instance>>,
+    metrics: PluginMetrics,
 }
 
 struct Instance {
@@ -67,6 +69,7 @@ impl InstancePool {
     ) -> Result<Self, String> {
         let mut pool = InstancePool {
             engine: PluginEngine::get()?,
+            metrics: metrics().plugin(&spec.name),
             spec,
             pre,
             config_json,
@@ -91,20 +94,23 @@ impl InstancePool {
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_expiry()));
         let init_ticks = store.data_mut().deadline.begin(INIT_TIME_LIMIT);
         store.set_epoch_deadline(init_ticks);
-        let world = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|err| self.trap_failure("instantiation failed", &err))?;
-        let capabilities = world
+        let world = match self.pre.instantiate(&mut store) {
+            Ok(world) => world,
+            Err(err) => return Err(self.trap_failure("instantiation failed", &err, &mut store)),
+        };
+        let capabilities = match world
             .wasmgate_plugin_handler()
             .call_init(&mut store, &self.config_json)
-            .map_err(|err| self.trap_failure("init failed", &err))?
-            .map_err(|message| {
-                self.failure(format!(
-                    "plugin `{}` rejected its config: {message}",
-                    self.spec.name
-                ))
-            })?;
+        {
+            Ok(Ok(capabilities)) => capabilities,
+            Ok(Err(message)) => {
+                return Err(self.failure(
+                    PluginErrorKind::trap,
+                    format!("plugin `{}` rejected its config: {message}", self.spec.name),
+                ));
+            }
+            Err(err) => return Err(self.trap_failure("init failed", &err, &mut store)),
+        };
         let needs = Needs {
             request_body: capabilities.request_body,
             response_body: capabilities.response_body,
@@ -118,7 +124,12 @@ impl InstancePool {
         {
             return Ok(instance);
         }
-        self.instantiate().map(|(instance, _)| instance)
+        self.instantiate()
+            .map(|(instance, _)| instance)
+            .map_err(|failure| PluginFailure {
+                kind: PluginErrorKind::instantiate,
+                ..failure
+            })
     }
 
     fn checkin(&self, instance: Instance) {
@@ -133,6 +144,18 @@ impl InstancePool {
     /// Runs `on-request`. The view and context go into the store for the call and come back
     /// whatever happens; a trapped instance is dropped.
     pub fn on_request(
+        &self,
+        view: &mut RequestView,
+        shared: Shared<'_>,
+        held: &mut Held,
+    ) -> Result<Action, PluginFailure> {
+        let started = Instant::now();
+        let result = self.run_on_request(view, shared, held);
+        self.count(Phase::on_request, started, &result);
+        result
+    }
+
+    fn run_on_request(
         &self,
         view: &mut RequestView,
         shared: Shared<'_>,
@@ -168,6 +191,18 @@ impl InstancePool {
     /// Runs `on-response`, like [`InstancePool::on_request`], in the request's own instance
     /// when it has one.
     pub fn on_response(
+        &self,
+        view: &mut ResponseView,
+        shared: Shared<'_>,
+        held: &mut Held,
+    ) -> Result<(), PluginFailure> {
+        let started = Instant::now();
+        let result = self.run_on_response(view, shared, held);
+        self.count(Phase::on_response, started, &result);
+        result
+    }
+
+    fn run_on_response(
         &self,
         view: &mut ResponseView,
         shared: Shared<'_>,
@@ -228,30 +263,60 @@ impl InstancePool {
         *shared.info = state.info.take();
         match result {
             Ok(value) => Ok((value, instance)),
-            Err(err) => Err(self.trap_failure(&format!("{what} failed"), &err)),
+            Err(err) => {
+                Err(self.trap_failure(&format!("{what} failed"), &err, &mut instance.store))
+            }
         }
     }
 
-    fn failure(&self, message: String) -> PluginFailure {
+    /// Counts a call, its time, and its failure if it failed.
+    fn count<T>(&self, phase: Phase, started: Instant, result: &Result<T, PluginFailure>) {
+        self.metrics.call_done(phase, started.elapsed());
+        if let Err(failure) = result {
+            self.metrics.failed(failure.kind);
+        }
+    }
+
+    fn failure(&self, kind: PluginErrorKind, message: String) -> PluginFailure {
         PluginFailure {
             plugin: self.spec.name.clone(),
+            kind,
             message,
         }
     }
 
-    /// Names the usual causes of a trap so that logs say what went wrong.
-    fn trap_failure(&self, what: &str, err: &wasmtime::Error) -> PluginFailure {
-        let cause = match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => {
-                format!("exceeded its time limit of {:?}", self.spec.time_limit)
-            }
-            Some(wasmtime::Trap::UnreachableCodeReached) => {
-                "trapped (a panic or abort in the plugin)".to_owned()
-            }
-            Some(trap) => format!("trapped: {trap}"),
+    /// Names the usual causes of a trap so that logs and metrics say what went wrong.
+    fn trap_failure(
+        &self,
+        what: &str,
+        err: &wasmtime::Error,
+        store: &mut Store<CallState>,
+    ) -> PluginFailure {
+        let (kind, cause) = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => (
+                PluginErrorKind::time_limit,
+                format!("exceeded its time limit of {:?}", self.spec.time_limit),
+            ),
+            // A Rust plugin refused memory aborts, whatever trap that becomes.
+            _ if store.data_mut().take_memory_refused() => (
+                PluginErrorKind::memory_limit,
+                format!(
+                    "exceeded its memory limit of {} bytes ({})",
+                    self.spec.memory_limit,
+                    err.root_cause()
+                ),
+            ),
+            Some(wasmtime::Trap::UnreachableCodeReached) => (
+                PluginErrorKind::trap,
+                "trapped (a panic or abort in the plugin)".to_owned(),
+            ),
+            Some(trap) => (PluginErrorKind::trap, format!("trapped: {trap}")),
             // Not a wasm trap: a host call refused (a WASI function plugins do not get, say).
-            None => format!("failed: {}", err.root_cause()),
+            None => (
+                PluginErrorKind::trap,
+                format!("failed: {}", err.root_cause()),
+            ),
         };
-        self.failure(format!("plugin `{}` {what}: {cause}", self.spec.name))
+        self.failure(kind, format!("plugin `{}` {what}: {cause}", self.spec.name))
     }
 }

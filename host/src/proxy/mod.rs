@@ -71,8 +71,13 @@ pub async fn serve(
                     tracing::debug!(request_id = ?request_id, "{error}")
                 }
                 _ => {
-                    tracing::warn!(request_id = ?request_id, route = record.route.as_deref().unwrap_or("-"), "{error}")
+                    tracing::warn!(request_id = ?request_id, route = record.route.as_ref().map_or("-", |route| &**route.name()), "{error}")
                 }
+            }
+            if error.kind == ErrorKind::RateLimited
+                && let Some(route) = &record.route
+            {
+                route.rate_limited();
             }
             record.error = Some(error.kind.code());
             let mut response: Response<ResponseBody> = error.to_response();
@@ -107,7 +112,7 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&request, snapshot.max_body_bytes)?;
     let (route, rewritten_path) = find_route(snapshot, &request)?;
-    record.route = Some(route.name.clone());
+    record.route = Some(route.metrics.clone());
     // A limit keyed by a context value waits for the plugins that set it; the others run
     // first, so a limited client costs no plugin work.
     let (limit_now, limit_after_plugins) = match &route.rate_limit {
@@ -413,6 +418,7 @@ async fn forward(
         let per_try = policy
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
+        let sent = Instant::now();
         let outcome =
             match tokio::time::timeout(per_try, upstream.transport.send(target, request)).await {
                 Ok(result) => result,
@@ -425,6 +431,7 @@ async fn forward(
                     ),
                 )),
             };
+        upstream.metrics.attempt_done(sent.elapsed());
 
         let failed = match &outcome {
             Ok((response, _)) => response.status().is_server_error(),
@@ -450,6 +457,7 @@ async fn forward(
             return outcome;
         }
         tracing::debug!(upstream = %upstream.name, target = %target.addr, attempt = record.attempts, "retrying");
+        upstream.metrics.retried();
         drop(outcome);
         tokio::time::sleep(pause).await;
     }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::snapshot::{ListenerSettings, Snapshot};
+use crate::telemetry::metrics::{Listener, metrics};
 use conn::ConnLimits;
 
 /// What the proxy knows about the connection a request came on.
@@ -186,6 +187,11 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
             _ = ctx.drain.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let open = metrics().connection_opened(if ctx.tls.is_some() {
+            Listener::https
+        } else {
+            Listener::http
+        });
         let info = Arc::new(ConnInfo {
             peer,
             tls: ctx.tls.is_some(),
@@ -197,7 +203,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
         let drain = ctx.drain.clone();
         let tls = ctx.tls.clone();
         ctx.connections.spawn(async move {
-            let _permit = permit;
+            let _counted = (permit, open);
             match tls {
                 None => conn::serve(stream, info, state, builder, limits, drain).await,
                 Some(initial) => {

@@ -15,6 +15,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::proxy::body::OnBodyEnd;
 use access_log::{AccessLog, json_int, json_ip, json_str, json_time};
+use metrics::{RouteMetrics, metrics};
 
 /// Flushes the access log when dropped (at the end of `main`).
 pub struct LogGuard;
@@ -45,7 +46,8 @@ pub struct AccessRecord {
     method: Method,
     path: String,
     request_id: HeaderValue,
-    pub route: Option<Arc<str>>,
+    /// The matched route (its name and series); `None` for a request no route matched.
+    pub route: Option<Arc<RouteMetrics>>,
     pub status: u16,
     pub upstream: Option<Arc<str>>,
     pub attempts: u32,
@@ -81,7 +83,13 @@ impl AccessRecord {
 
 impl OnBodyEnd for AccessRecord {
     fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
-        let latency_us = self.start.elapsed().as_micros() as u64;
+        let elapsed = self.start.elapsed();
+        let route = self
+            .route
+            .as_deref()
+            .unwrap_or_else(|| metrics().unrouted());
+        route.request_done(&self.method, self.status, elapsed);
+        let latency_us = elapsed.as_micros() as u64;
         AccessLog::record(|out| {
             out.extend_from_slice(b"{\"timestamp\":");
             json_time(out, self.time);
@@ -92,7 +100,7 @@ impl OnBodyEnd for AccessRecord {
             out.extend_from_slice(b",\"path\":");
             json_str(out, &self.path);
             out.extend_from_slice(b",\"route\":");
-            json_str(out, self.route.as_deref().unwrap_or(""));
+            json_str(out, route.name());
             out.extend_from_slice(b",\"status\":");
             json_int(out, self.status);
             out.extend_from_slice(b",\"upstream\":");

@@ -23,6 +23,7 @@ pub use transport::{Lease, Transport, TransportCache, TransportKey};
 
 use crate::config::{Diagnostics, Protocol, Spanned, UpstreamConfig};
 use crate::proxy::retry::RetryPolicy;
+use crate::telemetry::metrics::{UpstreamMetrics, metrics};
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -36,6 +37,8 @@ pub struct Upstream {
     pub retry: RetryPolicy,
     pub outlier: Option<OutlierPolicy>,
     health_check: Option<HealthCheck>,
+    /// Attempt latency and retries.
+    pub metrics: UpstreamMetrics,
     /// Background work started (so a reload that keeps this upstream does not start it twice).
     started: AtomicBool,
 }
@@ -174,6 +177,7 @@ impl Upstream {
             retry,
             outlier: config.outlier.as_ref().map(OutlierPolicy::from_config),
             health_check,
+            metrics: metrics().upstream(name),
             started: AtomicBool::new(false),
         })
     }
@@ -224,6 +228,7 @@ impl Upstream {
         let now = clock_ms();
         if failed {
             if let Some(ejected_for) = outlier.record_failure(&self.targets, index, now) {
+                metrics().ejected(&self.name, &self.targets[index].addr);
                 tracing::warn!(
                     upstream = %self.name,
                     target = %self.targets[index].addr,

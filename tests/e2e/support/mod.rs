@@ -11,6 +11,11 @@ pub use upstream::{Behaviour, TestUpstream};
 /// The `[server]` table most tests use: an OS-chosen port on loopback.
 pub const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
 
+/// The path of a plugin module built by the host's build script (`first_plugin`, `jwt`, ...).
+pub fn wasm(name: &str) -> String {
+    format!("{}/{name}.wasm", env!("WASMGATE_PLUGIN_DIR"))
+}
+
 /// `[upstreams.NAME]` with the given targets (`addr`, weight) and extra lines.
 pub fn upstream_table(name: &str, targets: &[(std::net::SocketAddr, u32)], extra: &str) -> String {
     let list: Vec<String> = targets
