@@ -76,6 +76,7 @@ impl Gateway {
         for addr in tls {
             tracing::info!("listening on https://{addr}");
         }
+        crate::telemetry::reopen_access_log_on_sigusr1();
         let stop_admin = CancellationToken::new();
         if let Some(listener) = self.admin {
             if let Ok(addr) = listener.local_addr() {

@@ -22,6 +22,7 @@ use crate::plugin;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
 use crate::server::tls;
+use crate::telemetry::access_log::{AccessLog, Destination};
 use crate::telemetry::metrics::{RouteMetrics, metrics};
 use crate::upstream::{SmoothRoundRobin, TransportCache, Upstream};
 
@@ -39,6 +40,7 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub listeners: ListenerSettings,
+    pub access_log: Destination,
 }
 
 /// What the listeners need; changing these needs new sockets.
@@ -125,6 +127,7 @@ impl Snapshot {
                     .ok()
             })
             .collect();
+        let access_log = access_log_destination(config, &mut diagnostics);
         let plugins = plugin::load_plugins(&config.plugins, &mut diagnostics);
 
         let mut transports = TransportCache::default();
@@ -196,15 +199,56 @@ impl Snapshot {
                 trusted_proxies,
                 max_body_bytes: config.server.max_body_bytes.bytes(),
                 listeners,
+                access_log,
             }),
             _ => Err(ConfigErrors(diagnostics.into_errors())),
         }
     }
 
-    /// Starts background work (health checks) of everything in the snapshot.
+    /// Starts background work (health checks) of everything in the snapshot, and sends the
+    /// access log where this config says.
     pub fn start(&self) {
+        AccessLog::direct(&self.access_log);
         for upstream in self.upstreams.values() {
             upstream.start();
+        }
+    }
+}
+
+/// `server.access_log`: "stdout", "off" or a file, which must be writable (or creatable) now,
+/// so that a typo fails `check` and a reload rather than losing the log.
+fn access_log_destination(config: &Config, diagnostics: &mut Diagnostics) -> Destination {
+    let Some(value) = &config.server.access_log else {
+        return Destination::Stdout;
+    };
+    match value.get_ref().as_str() {
+        "stdout" => Destination::Stdout,
+        "off" => Destination::Off,
+        "" => {
+            diagnostics.error(
+                value.span(),
+                "server.access_log: use \"stdout\", \"off\" or a file path",
+            );
+            Destination::Off
+        }
+        path => {
+            let path = diagnostics.source().resolve(path);
+            let problem = if path.exists() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .err()
+                    .map(|err| format!("cannot write {}: {err}", path.display()))
+            } else {
+                match path.parent() {
+                    Some(folder) if folder.as_os_str().is_empty() || folder.is_dir() => None,
+                    _ => Some(format!("the folder of {} does not exist", path.display())),
+                }
+            };
+            if let Some(problem) = problem {
+                diagnostics.error(value.span(), format!("server.access_log: {problem}"));
+            }
+            Destination::File(path)
         }
     }
 }

@@ -273,3 +273,55 @@ async fn trusted_proxies_decide_the_client_ip() {
     let log = gateway.wait_access_log(1);
     assert_eq!(log[0]["client_ip"], "203.0.113.7");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_is_kept_or_started_and_logged() {
+    let upstream = TestUpstream::start("app").await;
+    let gateway = GatewayProcess::start(&one_route(&upstream, ""));
+    let client = HttpClient::http1();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let kept = client
+        .send(
+            Method::GET,
+            &gateway.url("/api/kept"),
+            &[("traceparent", parent), ("tracestate", "vendor=1")],
+            "",
+        )
+        .await;
+    assert_eq!(kept.json()["headers"]["traceparent"], parent);
+    assert_eq!(kept.json()["headers"]["tracestate"], "vendor=1");
+
+    // No traceparent, or a malformed one: the gateway starts a trace (and drops tracestate).
+    let started = client.get(&gateway.url("/api/started")).await;
+    let bad = client
+        .send(
+            Method::GET,
+            &gateway.url("/api/bad"),
+            &[("traceparent", "00-zz-yy-01"), ("tracestate", "vendor=1")],
+            "",
+        )
+        .await;
+    let mut new_ids = Vec::new();
+    for reply in [&started, &bad] {
+        let headers = &reply.json()["headers"];
+        let sent = headers["traceparent"].as_str().unwrap().to_owned();
+        let fields: Vec<&str> = sent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{sent}");
+        assert_eq!((fields[0], fields[3]), ("00", "01"), "{sent}");
+        assert_eq!((fields[1].len(), fields[2].len()), (32, 16), "{sent}");
+        assert!(headers.get("tracestate").is_none(), "{headers}");
+        new_ids.push(fields[1].to_owned());
+    }
+    assert_ne!(new_ids[0], new_ids[1]);
+
+    let log = gateway.wait_access_log(3);
+    let trace_of = |path: &str| {
+        log.iter()
+            .find(|entry| entry["path"] == path)
+            .map(|entry| entry["trace_id"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no access log entry for {path}: {log:?}"))
+    };
+    assert_eq!(trace_of("/api/kept"), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(trace_of("/api/started"), new_ids[0]);
+    assert_eq!(trace_of("/api/bad"), new_ids[1]);
+}

@@ -109,6 +109,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: Duration,
+    /// Where the JSON access log goes: "stdout" (default), "off", or a file path.
+    pub access_log: Option<Spanned<String>>,
     pub tls: Option<TlsListenerConfig>,
 }
 

@@ -168,14 +168,19 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// 128 random bits as 32 lowercase hex digits.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::rng().random();
     let mut text = [0u8; 32];
-    for (i, slot) in text.iter_mut().enumerate() {
-        *slot = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    hex_into(rand::rng().random(), &mut text);
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The low `4 * out.len()` bits of `bits` as lowercase hex digits, most significant first.
+pub fn hex_into(bits: u128, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let last = out.len().saturating_sub(1);
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = HEX[((bits >> (4 * (last - i))) & 0xf) as usize];
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod body;
 pub mod headers;
 mod plugins;
 pub mod retry;
+pub mod trace;
 mod upgrade;
 
 use std::net::IpAddr;
@@ -42,7 +43,8 @@ pub async fn serve(
     let client_ip =
         headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
     let request_id = headers::ensure_request_id(request.headers_mut());
-    let mut record = AccessRecord::new(client_ip, &request, request_id.clone());
+    let trace_id = trace::ensure_traceparent(request.headers_mut());
+    let mut record = AccessRecord::new(client_ip, &request, request_id.clone(), trace_id);
     let mut quota_headers = None;
     let result = match framing_error {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
@@ -71,7 +73,7 @@ pub async fn serve(
                     tracing::debug!(request_id = ?request_id, "{error}")
                 }
                 _ => {
-                    tracing::warn!(request_id = ?request_id, route = record.route.as_ref().map_or("-", |route| &**route.name()), "{error}")
+                    tracing::warn!(request_id = ?request_id, trace_id = trace_id.as_str(), route = record.route.as_ref().map_or("-", |route| &**route.name()), "{error}")
                 }
             }
             if error.kind == ErrorKind::RateLimited

@@ -5,11 +5,17 @@
 //! stops being empty (one wake-up per batch, not per line), waits a moment for the batch to
 //! grow, and writes it out. If the sink cannot keep up and the buffer passes
 //! [`MAX_PENDING`], lines are dropped and counted rather than slowing requests down.
+//!
+//! Where the lines go is the config's `server.access_log` ([`Destination`]): stdout, a file
+//! (appended to; reopened on SIGUSR1 for log rotation), or nowhere. A reload that names
+//! another destination hands the writer a new sink; lines recorded before go to the old one.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
@@ -19,8 +25,37 @@ const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// Past this many unwritten bytes, new lines are dropped.
 const MAX_PENDING: usize = 16 * 1024 * 1024;
 
+type Sink = Box<dyn Write + Send>;
+
+/// Where access-log lines go (`server.access_log`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Destination {
+    #[default]
+    Stdout,
+    /// Appended to; created if missing.
+    File(PathBuf),
+    Off,
+}
+
+impl Destination {
+    fn open(&self) -> std::io::Result<Sink> {
+        Ok(match self {
+            Destination::Stdout => Box::new(std::io::stdout()),
+            Destination::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            Destination::Off => Box::new(std::io::sink()),
+        })
+    }
+}
+
 struct Pending {
     buffer: Vec<u8>,
+    /// A sink to write to from the next batch on.
+    replacement: Option<Sink>,
     dropped: u64,
     /// The writer holds a batch it has not finished writing.
     writing: bool,
@@ -28,6 +63,9 @@ struct Pending {
 }
 
 pub struct AccessLog {
+    /// Off: requests skip formatting their line.
+    enabled: AtomicBool,
+    destination: Mutex<Destination>,
     pending: Mutex<Pending>,
     wake: Condvar,
     flushed: Condvar,
@@ -40,11 +78,15 @@ thread_local! {
 }
 
 impl AccessLog {
-    /// Starts the writer thread for `sink` and makes it the process's access log.
-    pub fn install(sink: Box<dyn Write + Send>) {
+    /// Starts the writer thread, writing to stdout until [`AccessLog::direct`] says otherwise,
+    /// and makes it the process's access log.
+    pub fn install() {
         let log: &'static AccessLog = Box::leak(Box::new(AccessLog {
+            enabled: AtomicBool::new(true),
+            destination: Mutex::new(Destination::Stdout),
             pending: Mutex::new(Pending {
                 buffer: Vec::with_capacity(64 * 1024),
+                replacement: None,
                 dropped: 0,
                 writing: false,
                 closed: false,
@@ -55,10 +97,46 @@ impl AccessLog {
         if LOG.set(log).is_ok() {
             let spawned = std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || log.run(sink));
+                .spawn(move || log.run(Box::new(std::io::stdout())));
             if let Err(err) = spawned {
                 tracing::error!("cannot start the access-log writer, access log is off: {err}");
             }
+        }
+    }
+
+    /// Sends the lines to `destination` from now on (nothing happens if they go there
+    /// already). A file that cannot be opened leaves the old destination in place.
+    pub fn direct(destination: &Destination) {
+        if let Some(log) = LOG.get()
+            && *log.destination.lock() != *destination
+        {
+            log.open(destination);
+        }
+    }
+
+    /// Reopens the destination file (after log rotation moved it away).
+    pub fn reopen() {
+        if let Some(log) = LOG.get() {
+            let destination = log.destination.lock().clone();
+            if matches!(destination, Destination::File(_)) {
+                log.open(&destination);
+            }
+        }
+    }
+
+    fn open(&self, destination: &Destination) {
+        match destination.open() {
+            Ok(sink) => {
+                *self.destination.lock() = destination.clone();
+                self.enabled
+                    .store(*destination != Destination::Off, Ordering::Relaxed);
+                self.pending.lock().replacement = Some(sink);
+                self.wake.notify_one();
+            }
+            Err(err) => tracing::error!(
+                ?destination,
+                "cannot open the access log, it keeps going where it went: {err}"
+            ),
         }
     }
 
@@ -67,6 +145,9 @@ impl AccessLog {
         let Some(log) = LOG.get() else {
             return;
         };
+        if !log.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
             write(line);
@@ -99,17 +180,18 @@ impl AccessLog {
         );
     }
 
-    fn run(&self, mut sink: Box<dyn Write + Send>) {
+    fn run(&self, mut sink: Sink) {
         let mut batch = Vec::with_capacity(64 * 1024);
         loop {
-            let dropped = {
+            let (dropped, replacement) = {
                 let mut pending = self.pending.lock();
-                self.wake
-                    .wait_while(&mut pending, |p| p.buffer.is_empty() && !p.closed);
+                self.wake.wait_while(&mut pending, |p| {
+                    p.buffer.is_empty() && !p.closed && p.replacement.is_none()
+                });
                 if pending.closed && pending.buffer.is_empty() {
                     return;
                 }
-                if !pending.closed {
+                if !pending.closed && !pending.buffer.is_empty() {
                     // Let the batch grow; requests keep appending meanwhile.
                     drop(pending);
                     std::thread::sleep(BATCH_WINDOW);
@@ -117,7 +199,10 @@ impl AccessLog {
                 }
                 std::mem::swap(&mut pending.buffer, &mut batch);
                 pending.writing = true;
-                std::mem::take(&mut pending.dropped)
+                (
+                    std::mem::take(&mut pending.dropped),
+                    pending.replacement.take(),
+                )
             };
             if dropped > 0 {
                 tracing::warn!(dropped, "access log cannot keep up; lines dropped");
@@ -126,6 +211,9 @@ impl AccessLog {
                 eprintln!("access log write failed: {err}");
             }
             batch.clear();
+            if let Some(replacement) = replacement {
+                sink = replacement;
+            }
             self.pending.lock().writing = false;
             self.flushed.notify_all();
         }

@@ -1,6 +1,7 @@
 //! Logs: human-readable diagnostics on stderr (tracing), and one JSON access-log line per
-//! request on stdout, batched and written by a background thread ([`access_log`]) so the
-//! request path never waits for I/O.
+//! request on stdout or to a file (`server.access_log`), batched and written by a background
+//! thread ([`access_log`]) so the request path never waits for I/O; and Prometheus
+//! [`metrics`].
 
 pub mod access_log;
 pub mod metrics;
@@ -14,6 +15,7 @@ use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 use crate::proxy::body::OnBodyEnd;
+use crate::proxy::trace::TraceId;
 use access_log::{AccessLog, json_int, json_ip, json_str, json_time};
 use metrics::{RouteMetrics, metrics};
 
@@ -34,8 +36,23 @@ pub fn init() -> LogGuard {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(filter);
     let _ = tracing_subscriber::registry().with(diagnostics).try_init();
-    AccessLog::install(Box::new(std::io::stdout()));
+    AccessLog::install();
     LogGuard
+}
+
+/// Reopens the access-log file on every SIGUSR1 (what logrotate's `postrotate` sends).
+pub fn reopen_access_log_on_sigusr1() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::error!("cannot listen for SIGUSR1; reopening the access log by signal is off");
+        return;
+    };
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening the access log");
+            AccessLog::reopen();
+        }
+    });
 }
 
 /// What the access log says about one request; written when the response body ends.
@@ -46,6 +63,7 @@ pub struct AccessRecord {
     method: Method,
     path: String,
     request_id: HeaderValue,
+    trace_id: TraceId,
     /// The matched route (its name and series); `None` for a request no route matched.
     pub route: Option<Arc<RouteMetrics>>,
     pub status: u16,
@@ -57,7 +75,12 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn new<B>(client_ip: IpAddr, request: &Request<B>, request_id: HeaderValue) -> Self {
+    pub fn new<B>(
+        client_ip: IpAddr,
+        request: &Request<B>,
+        request_id: HeaderValue,
+        trace_id: TraceId,
+    ) -> Self {
         AccessRecord {
             start: Instant::now(),
             time: SystemTime::now(),
@@ -65,6 +88,7 @@ impl AccessRecord {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
             request_id,
+            trace_id,
             route: None,
             status: 0,
             upstream: None,
@@ -118,6 +142,8 @@ impl OnBodyEnd for AccessRecord {
             });
             out.extend_from_slice(b",\"request_id\":");
             json_str(out, self.request_id.to_str().unwrap_or(""));
+            out.extend_from_slice(b",\"trace_id\":");
+            json_str(out, self.trace_id.as_str());
             out.extend_from_slice(b",\"error\":");
             json_str(out, self.error.unwrap_or(""));
             if !self.ctx.is_empty() {
