@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Admin};
 use crate::reload::{self, Reloader};
 use crate::server::{self, Listeners};
-use crate::snapshot::{ListenerSettings, Snapshot};
+use crate::snapshot::{AdminListen, ListenerSettings, Snapshot};
 
 pub struct Gateway {
     state: Arc<ArcSwap<Snapshot>>,
@@ -30,12 +30,22 @@ impl Gateway {
         let settings = snapshot.listeners.clone();
         let listeners = Listeners::bind(&settings)?;
         let admin = match settings.admin {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("cannot listen on {addr} (admin): {err}"),
-                )
-            })?),
+            Some(AdminListen { addr, written }) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(err) if written => {
+                    return Err(io::Error::new(
+                        err.kind(),
+                        format!("cannot listen on {addr} (admin): {err}"),
+                    ));
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "no admin API: cannot listen on {addr}, its default address ({err}); \
+                         set server.admin to another address, or to \"off\""
+                    );
+                    None
+                }
+            },
             None => None,
         };
         snapshot.start();

@@ -43,14 +43,28 @@ pub struct Snapshot {
     pub access_log: Destination,
 }
 
+/// Where the admin API listens when `server.admin` is not set: loopback only, since it has no
+/// authentication.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+
+/// The admin API's address, and whether the config wrote it: a default address that is taken
+/// (a second gateway on the host) only costs that gateway its admin API, while a written one
+/// that cannot be bound stops the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen {
+    pub addr: SocketAddr,
+    pub written: bool,
+}
+
 /// What the listeners need; changing these needs new sockets.
 #[derive(Clone)]
 pub struct ListenerSettings {
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The admin API's listener (`server.admin`).
-    pub admin: Option<SocketAddr>,
+    /// The admin API's listener (`server.admin`); `None` when it is `"off"`.
+    pub admin: Option<AdminListen>,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -313,21 +327,30 @@ fn listener_settings(config: &Config, diagnostics: &mut Diagnostics) -> Option<L
         }
         None => (Vec::new(), None),
     };
-    let admin = server.admin.as_ref().and_then(|admin| {
-        admin
+    let admin = match &server.admin {
+        None => Some(AdminListen {
+            addr: DEFAULT_ADMIN,
+            written: false,
+        }),
+        Some(admin) if admin.get_ref() == "off" => None,
+        Some(admin) => admin
             .get_ref()
             .parse::<SocketAddr>()
+            .map(|addr| AdminListen {
+                addr,
+                written: true,
+            })
             .map_err(|_| {
                 diagnostics.error(
                     admin.span(),
                     format!(
-                        "server.admin: `{}` is not an `ip:port` address",
+                        "server.admin: `{}` is not an `ip:port` address (or \"off\")",
                         admin.get_ref()
                     ),
                 )
             })
-            .ok()
-    });
+            .ok(),
+    };
     if server.tls.is_some() && tls.is_none() {
         return None;
     }

@@ -61,3 +61,31 @@ async fn upstreams_show_each_targets_health() {
         .await;
     assert_eq!(healthz.json()["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_defaults_to_loopback_and_can_be_turned_off() {
+    let upstream = TestUpstream::start("app").await;
+    let routes = format!(
+        "{}[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        upstream_table("app", &[(upstream.addr, 1)], "")
+    );
+    // Not set: 127.0.0.1:9901, or (when another gateway of this test run holds that port) a
+    // warning and no admin API, never a failed start.
+    let default = GatewayProcess::start(&format!("{SERVER}{routes}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stderr = default.stderr();
+        if stderr.contains("admin API on http://127.0.0.1:9901")
+            || stderr.contains("no admin API: cannot listen on 127.0.0.1:9901")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stderr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(HttpClient::http1().get(&default.url("/")).await.status, 200);
+
+    let off = GatewayProcess::start(&format!("{SERVER}admin = \"off\"\n{routes}"));
+    assert_eq!(HttpClient::http1().get(&off.url("/")).await.status, 200);
+    assert!(!off.stderr().contains("admin API"), "{}", off.stderr());
+}
