@@ -168,18 +168,19 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// 128 random bits as 32 lowercase hex digits.
 pub fn new_request_id() -> HeaderValue {
+    let bits: [u8; 16] = rand::rng().random();
     let mut text = [0u8; 32];
-    hex_into(rand::rng().random(), &mut text);
+    hex_into(&bits, &mut text);
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// The low `4 * out.len()` bits of `bits` as lowercase hex digits, most significant first.
-pub fn hex_into(bits: u128, out: &mut [u8]) {
+/// `bytes` as lowercase hex digits into `out` (two per byte, as many as fit).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let last = out.len().saturating_sub(1);
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = HEX[((bits >> (4 * (last - i))) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
 }
 

@@ -11,6 +11,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
+use super::headers::hex_into;
+
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
@@ -71,13 +73,14 @@ fn parse(value: &[u8]) -> Option<TraceId> {
 }
 
 fn new_traceparent() -> (TraceId, HeaderValue) {
-    let mut rng = rand::rng();
+    // 16 bytes of trace id, 8 of parent id.
+    let mut random: [u8; 24] = rand::rng().random();
     // Zero ids are invalid; 2^-128 and 2^-64 chances, but cheap to rule out.
-    let trace_bits: u128 = rng.random::<u128>().max(1);
-    let parent_bits: u64 = rng.random::<u64>().max(1);
+    random[15] |= u8::from(random[..16] == [0; 16]);
+    random[23] |= u8::from(random[16..] == [0; 8]);
     let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    super::headers::hex_into(trace_bits, &mut text[3..35]);
-    super::headers::hex_into(u128::from(parent_bits), &mut text[36..52]);
+    hex_into(&random[..16], &mut text[3..35]);
+    hex_into(&random[16..], &mut text[36..52]);
     let mut id = [0u8; 32];
     id.copy_from_slice(&text[3..35]);
     // Hex digits and dashes are always a valid header value.
