@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use rand::Rng;
+use rand::RngCore;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -168,7 +168,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// 128 random bits as 32 lowercase hex digits.
 pub fn new_request_id() -> HeaderValue {
-    let bits: [u8; 16] = rand::rng().random();
+    let mut bits = [0u8; 16];
+    rand::rng().fill_bytes(&mut bits);
     let mut text = [0u8; 32];
     hex_into(&bits, &mut text);
     // Hex digits are always a valid header value.

@@ -9,7 +9,7 @@
 //! parent, and the spec forbids reading it then).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use rand::Rng;
+use rand::RngCore;
 
 use super::headers::hex_into;
 
@@ -73,8 +73,10 @@ fn parse(value: &[u8]) -> Option<TraceId> {
 }
 
 fn new_traceparent() -> (TraceId, HeaderValue) {
-    // 16 bytes of trace id, 8 of parent id.
-    let mut random: [u8; 24] = rand::rng().random();
+    // 16 bytes of trace id, 8 of parent id, in one draw (`random::<[u8; N]>()` would draw
+    // a word per byte).
+    let mut random = [0u8; 24];
+    rand::rng().fill_bytes(&mut random);
     // Zero ids are invalid; 2^-128 and 2^-64 chances, but cheap to rule out.
     random[15] |= u8::from(random[..16] == [0; 16]);
     random[23] |= u8::from(random[16..] == [0; 8]);
