@@ -120,13 +120,17 @@ impl Store {
             .is_some_and(|previous| Arc::ptr_eq(previous, failed))
         {
             self.up.set(0);
-            tracing::warn!(
-                store = %self.name,
-                "rate-limit store unavailable, each gateway limits its routes alone until it \
-                 answers again: {error}"
-            );
+            self.report_down(error);
             self.wake.notify_one();
         }
+    }
+
+    fn report_down(&self, error: &dyn Display) {
+        tracing::warn!(
+            store = %self.name,
+            "rate-limit store unavailable, each gateway limits its routes alone until it \
+             answers again: {error}"
+        );
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -160,8 +164,19 @@ async fn keep_connected(store: Weak<Store>, wake: Arc<Notify>) {
     loop {
         let down_since = Instant::now();
         let mut pause = RETRY_FIRST;
+        // At the start, connect at once. After a failure, not at once: a Redis that was only
+        // slow would be up again straight away, and down again with the next slow answer.
+        let mut wait = ever_up;
         let mut attempts = 0u32;
         loop {
+            if wait {
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(pause)) => {}
+                    () = wake.notified() => {}
+                }
+                pause = (pause * 2).min(RETRY_AT_MOST_EVERY);
+            }
+            wait = true;
             let Some(live) = store.upgrade() else { return };
             attempts += 1;
             match live.connect().await {
@@ -169,29 +184,25 @@ async fn keep_connected(store: Weak<Store>, wake: Arc<Notify>) {
                     live.connection.store(Some(Arc::new(connection)));
                     live.up.set(1);
                     if ever_up {
-                        tracing::info!(store = %live.name, down_for = ?down_since.elapsed(), "rate-limit store reachable again, limits are shared again");
+                        tracing::info!(
+                            store = %live.name,
+                            down_for = ?down_since.elapsed(),
+                            "rate-limit store reachable again, limits are shared again"
+                        );
                     } else {
                         tracing::info!(store = %live.name, "rate-limit store connected");
                     }
                     ever_up = true;
                     break;
                 }
-                // A check that took the store down has said so already.
-                Err(error) if !ever_up && attempts == 1 => tracing::warn!(
+                // After a failed check, the check has said so already.
+                Err(error) if !ever_up && attempts == 1 => live.report_down(&error),
+                Err(error) => tracing::debug!(
                     store = %live.name,
-                    "rate-limit store unavailable, each gateway limits its routes alone until it \
-                     answers: {error}"
+                    attempts,
+                    "rate-limit store still unavailable: {error}"
                 ),
-                Err(error) => {
-                    tracing::debug!(store = %live.name, attempts, "rate-limit store still unavailable: {error}")
-                }
             }
-            drop(live);
-            tokio::select! {
-                () = tokio::time::sleep(jittered(pause)) => {}
-                () = wake.notified() => {}
-            }
-            pause = (pause * 2).min(RETRY_AT_MOST_EVERY);
         }
         wake.notified().await;
     }
