@@ -207,6 +207,46 @@ async fn without_redis_each_gateway_limits_alone_and_shares_again_when_it_is_bac
     assert_eq!(metric(&client, &b, FALLBACKS).await, Some(4.0));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_hangs_costs_a_request_at_most_the_store_timeout() {
+    let Some(redis) = Redis::start() else { return };
+    let upstream = TestUpstream::start("app").await;
+    let gateway = GatewayProcess::start(&config(&upstream, &redis.url(), "route"));
+    let client = HttpClient::http1();
+    wait_store_up(&client, &gateway, &redis, 1.0).await;
+
+    redis.pause();
+    let start = Instant::now();
+    let reply = get(&client, &gateway, "/shared").await;
+    let waited = start.elapsed();
+    assert_eq!(
+        reply.status,
+        200,
+        "the local bucket decides: {}",
+        reply.text()
+    );
+    assert!(
+        gateway.stderr().contains("no answer within 50 ms"),
+        "{}",
+        gateway.stderr()
+    );
+    eprintln!("a request while Redis hangs took {waited:?}");
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    // Down now: the next checks do not wait for Redis at all.
+    for _ in 0..2 {
+        assert_eq!(get(&client, &gateway, "/shared").await.status, 200);
+    }
+    assert_eq!(get(&client, &gateway, "/shared").await.status, 429);
+    assert_eq!(metric(&client, &gateway, FALLBACKS).await, Some(4.0));
+    assert_eq!(
+        metric(&client, &gateway, &store_up(&redis)).await,
+        Some(0.0)
+    );
+
+    redis.resume();
+    wait_store_up(&client, &gateway, &redis, 1.0).await;
+}
+
 #[test]
 fn check_needs_no_redis_and_reports_bad_stores_with_positions() {
     let dir = tempfile::tempdir().unwrap();
