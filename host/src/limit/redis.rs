@@ -295,7 +295,8 @@ impl SharedLimit {
     async fn ask(&self, key: &Key) -> Option<Reply> {
         let live = self.store.connection.load_full()?;
         let mut connection = MultiplexedConnection::clone(&live);
-        let tau_us = self.interval_us * u64::from(self.burst - 1);
+        // The tolerance: how far ahead of now the TAT may be and still allow a request.
+        let tau_us = self.interval_us.saturating_mul(u64::from(self.burst - 1));
         let mut invocation = SCRIPT.key(self.redis_key(key));
         invocation.arg(self.interval_us).arg(tau_us);
         let answer =
@@ -335,7 +336,7 @@ impl SharedLimit {
             .map_err(|_| format!("unexpected reply from the rate-limit script: {micros}"))?;
         match allowed {
             1 => {
-                let capacity = self.interval_us * u64::from(self.burst);
+                let capacity = self.interval_us.saturating_mul(u64::from(self.burst));
                 let remaining = capacity.saturating_sub(micros) / self.interval_us;
                 Ok(Reply::Allowed {
                     remaining: u32::try_from(remaining).unwrap_or(u32::MAX).min(self.burst),
