@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -208,7 +208,9 @@ impl RateLimit {
         self.evict_idle_keys();
         match self.limiter.check_key(key) {
             Ok(state) => self.allowed(state.remaining_burst_capacity()),
-            Err(not_until) => self.limited(not_until.wait_time_from(DefaultClock::default().now())),
+            // The limiter's own clock: a new DefaultClock (quanta) runs CPUID on every 429 to
+            // detect its counter, and CPUID traps to the hypervisor on a VM.
+            Err(not_until) => self.limited(not_until.wait_time_from(self.limiter.clock().now())),
         }
     }
 
