@@ -17,7 +17,8 @@ use crate::config::{
     parse_trusted_proxy,
 };
 use crate::error::ConfigErrors;
-use crate::limit::{KeyKind, Rate, RateLimit};
+use crate::limit::redis::Store;
+use crate::limit::{self, KeyKind, Rate, RateLimit};
 use crate::plugin;
 use crate::router::rewrite::{RewriteTemplate, captured_params};
 use crate::router::{self, Predicates, RouteSpec, Router};
@@ -219,12 +220,15 @@ impl Snapshot {
         }
     }
 
-    /// Starts background work (health checks) of everything in the snapshot, and sends the
-    /// access log where this config says.
+    /// Starts background work (health checks, rate-limit stores connecting) of everything in
+    /// the snapshot, and sends the access log where this config says.
     pub fn start(&self) {
         AccessLog::direct(&self.access_log);
         for upstream in self.upstreams.values() {
             upstream.start();
+        }
+        for limit in self.limits.values() {
+            limit.start();
         }
     }
 }
@@ -510,13 +514,37 @@ fn build_route(
     });
     let rate_limit = route.rate_limit.as_ref().and_then(|limit| {
         let config = limit.get_ref();
-        if let Some(store) = &config.store {
-            error(
-                diagnostics,
-                store.span(),
-                "rate_limit.store (a shared Redis limit) is not available in this build yet".into(),
-            );
-        }
+        let store = config.store.as_ref().and_then(|store| {
+            Store::get(store.get_ref())
+                .map_err(|message| {
+                    error(
+                        diagnostics,
+                        store.span(),
+                        format!("rate_limit.store: {message}"),
+                    )
+                })
+                .ok()
+        });
+        let store_timeout = match &config.store_timeout {
+            Some(timeout) if config.store.is_none() => {
+                error(
+                    diagnostics,
+                    timeout.span(),
+                    "rate_limit.store_timeout: only a limit with `store` waits for one".into(),
+                );
+                None
+            }
+            Some(timeout) if timeout.get_ref().get().is_zero() => {
+                error(
+                    diagnostics,
+                    timeout.span(),
+                    "rate_limit.store_timeout: must be more than 0".into(),
+                );
+                None
+            }
+            Some(timeout) => Some(timeout.get_ref().get()),
+            None => Some(limit::redis::DEFAULT_TIMEOUT),
+        };
         let rate = Rate::parse(config.rate.get_ref())
             .map_err(|message| {
                 error(
@@ -536,10 +564,11 @@ fn build_route(
             })
             .ok();
         let identity = format!(
-            "{label}\n{}\n{:?}\n{}",
+            "{label}\n{}\n{:?}\n{}\n{:?}\n{store_timeout:?}",
             config.rate.get_ref(),
             config.burst,
-            config.key.get_ref()
+            config.key.get_ref(),
+            config.store.as_ref().map(Spanned::get_ref),
         );
         if let Some(kept) = limits.previous.and_then(|previous| previous.get(&identity)) {
             limits.built.insert(identity, kept.clone());
@@ -547,8 +576,13 @@ fn build_route(
         }
         let built = RateLimit::new(key?, rate?, config.burst)
             .map_err(|message| error(diagnostics, limit.span(), format!("rate_limit: {message}")))
-            .ok()
-            .map(Arc::new)?;
+            .ok()?;
+        // A store that failed to parse was reported, and fails the whole build.
+        let built = match store {
+            Some(store) => built.with_store(store, &label, store_timeout?),
+            None => built,
+        };
+        let built = Arc::new(built);
         limits.built.insert(identity, built.clone());
         Some(built)
     });
@@ -612,4 +646,43 @@ fn build_route(
             rate_limit,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn build(limit: &str, previous: Option<&Snapshot>) -> Snapshot {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.app]\n\
+             targets = [{{ addr = \"127.0.0.1:9\" }}]\n\n\
+             [[routes]]\nname = \"api\"\npath = \"/\"\nupstream = \"app\"\n\
+             rate_limit = {{ rate = \"1/m\", {limit} }}\n"
+        );
+        let loaded = crate::config::load_str(Path::new("gw.toml"), text).unwrap();
+        Snapshot::build(&loaded, previous).unwrap_or_else(|errors| panic!("{errors}"))
+    }
+
+    fn limit(snapshot: &Snapshot) -> &Arc<RateLimit> {
+        snapshot.limits.values().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_a_shared_limit_only_with_the_same_store() {
+        let store = "store = \"redis://127.0.0.1:1\"";
+        let first = build(store, None);
+        let same = build(store, Some(&first));
+        assert!(Arc::ptr_eq(limit(&first), limit(&same)));
+        let other_store = build("store = \"redis://127.0.0.1:1/1\"", Some(&same));
+        assert!(!Arc::ptr_eq(limit(&same), limit(&other_store)));
+        let other_timeout = build(
+            "store = \"redis://127.0.0.1:1/1\", store_timeout = \"10ms\"",
+            Some(&other_store),
+        );
+        assert!(!Arc::ptr_eq(limit(&other_store), limit(&other_timeout)));
+        let local = build("key = \"client_ip\"", Some(&other_timeout));
+        assert!(!Arc::ptr_eq(limit(&other_timeout), limit(&local)));
+    }
 }

@@ -16,5 +16,6 @@ mod plugins;
 mod rate_limit;
 mod reload;
 mod resilience;
+mod shared_rate_limit;
 mod tls;
 mod upgrade;

@@ -313,7 +313,10 @@ pub struct RateLimitConfig {
     pub burst: Option<u32>,
     #[serde(default = "defaults::rate_limit_key")]
     pub key: Spanned<String>,
+    /// `redis://HOST:PORT[/DB]`: the buckets live in Redis, shared by every gateway using it.
     pub store: Option<Spanned<String>>,
+    /// How long a check waits for the store before the local limiter decides.
+    pub store_timeout: Option<Spanned<Duration>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

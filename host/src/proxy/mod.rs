@@ -123,7 +123,7 @@ async fn proxy(
         None => (None, None),
     };
     if let Some(limit) = limit_now {
-        *quota_headers = Some(enforce(limit, client_ip, request.headers(), &record.ctx)?);
+        *quota_headers = Some(enforce(limit, client_ip, request.headers(), &record.ctx).await?);
     }
     let upstream = route.backend.choose().clone();
     let client_upgrade =
@@ -174,7 +174,8 @@ async fn proxy(
                 call,
             } => {
                 if let Some(limit) = limit_after_plugins {
-                    *quota_headers = Some(enforce(limit, client_ip, &parts.headers, &record.ctx)?);
+                    *quota_headers =
+                        Some(enforce(limit, client_ip, &parts.headers, &record.ctx).await?);
                 }
                 // A plugin that set the path decides it; the route's rewrite no longer applies.
                 let rewritten_path = if path_changed { None } else { rewritten_path };
@@ -466,13 +467,14 @@ async fn forward(
 }
 
 /// Takes a unit of the route's rate limit: the quota headers for the response, or a 429.
-fn enforce(
+/// Waits only for a limit kept in a store (Redis).
+async fn enforce(
     limit: &RateLimit,
     client_ip: IpAddr,
     headers: &http::HeaderMap,
     ctx: &crate::plugin::Context,
 ) -> Result<http::HeaderMap, ProxyError> {
-    match limit.check(client_ip, headers, ctx) {
+    match limit.check(client_ip, headers, ctx).await {
         Verdict::Allowed(quota) => Ok(quota),
         Verdict::Limited {
             headers,

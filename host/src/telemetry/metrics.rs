@@ -177,6 +177,8 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     targets: Arc<TargetStates>,
+    /// Shared rate limits (`rate_limit.store`).
+    pub rate_limit_store: RateLimitStoreMetrics,
     /// One scrape at a time: the target rows are lent to the collector for the scrape.
     scrape: Mutex<()>,
 }
@@ -275,6 +277,7 @@ impl Metrics {
         );
         let targets = Arc::new(TargetStates::default());
         registry.register_collector(Box::new(targets.clone()));
+        let rate_limit_store = RateLimitStoreMetrics::register(&mut registry);
         Metrics {
             registry,
             reloads,
@@ -290,6 +293,7 @@ impl Metrics {
             connections,
             open_connections,
             targets,
+            rate_limit_store,
             scrape: Mutex::new(()),
         }
     }
@@ -449,6 +453,64 @@ impl PluginMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitStoreLabels {
+    /// The store's URL without its password.
+    store: String,
+}
+
+/// The Redis stores of shared rate limits. Their users keep the series handles they get here,
+/// so a check never looks a series up by its labels.
+pub struct RateLimitStoreMetrics {
+    /// `wasmgate_rate_limit_store_up{store}`: 1 while the store answers, 0 while the limits
+    /// using it fall back to each gateway's local buckets.
+    up: Family<RateLimitStoreLabels, Gauge>,
+    /// `wasmgate_rate_limit_store_fallbacks_total{route}`: checks decided by the route's local
+    /// limiter because its store was unavailable.
+    fallbacks: Family<RouteLabels, Counter>,
+}
+
+impl RateLimitStoreMetrics {
+    fn register(registry: &mut Registry) -> RateLimitStoreMetrics {
+        let up = Family::<RateLimitStoreLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_store_up",
+            "Whether a shared rate limit's Redis store answers (1) or its routes are limited \
+             by each gateway alone (0)",
+            up.clone(),
+        );
+        let fallbacks = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "rate_limit_store_fallbacks",
+            "Rate limit checks decided by the gateway's local limiter because the route's store \
+             was unavailable",
+            fallbacks.clone(),
+        );
+        RateLimitStoreMetrics { up, fallbacks }
+    }
+
+    /// The `up` series of one store.
+    pub fn store_up(&self, store: &str) -> Gauge {
+        self.up.get_or_create_owned(&RateLimitStoreLabels {
+            store: store.to_owned(),
+        })
+    }
+
+    /// Drops the `up` series of a store that no config uses any more.
+    pub fn forget_store(&self, store: &str) {
+        self.up.remove(&RateLimitStoreLabels {
+            store: store.to_owned(),
+        });
+    }
+
+    /// The `fallbacks` series of one route (kept across reloads, like every counter).
+    pub fn fallbacks(&self, route: &str) -> Counter {
+        self.fallbacks.get_or_create_owned(&RouteLabels {
+            route: route.to_owned(),
+        })
+    }
+}
+
 /// Counts a connection as open while it lives.
 pub struct OpenConnection(Gauge);
 
@@ -522,6 +584,30 @@ mod tests {
             text.contains("wasmgate_reloads_total{result=\"failed\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn rate_limit_store_series_exist_once_resolved_and_go_with_their_store() {
+        let metrics = Metrics::new();
+        metrics
+            .rate_limit_store
+            .store_up("redis://127.0.0.1:6379/0")
+            .set(1);
+        metrics.rate_limit_store.fallbacks("api").inc();
+        let text = metrics.encode(Vec::new());
+        assert!(
+            text.contains("wasmgate_rate_limit_store_up{store=\"redis://127.0.0.1:6379/0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasmgate_rate_limit_store_fallbacks_total{route=\"api\"} 1"),
+            "{text}"
+        );
+        metrics
+            .rate_limit_store
+            .forget_store("redis://127.0.0.1:6379/0");
+        let text = metrics.encode(Vec::new());
+        assert!(!text.contains("store=\"redis://"), "{text}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod redis;
 pub mod upstream;
 
 pub use client::{HttpClient, raw_exchange, raw_status};

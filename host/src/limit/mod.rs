@@ -1,21 +1,25 @@
 //! Route rate limits (`rate_limit = { rate, burst, key }`): GCRA (governor), one state per
-//! key, in this process.
+//! key, in this process, or shared by every gateway through Redis with `store` (see [`redis`]).
 //!
 //! A request whose key is missing (no such header or context value) is limited under one
 //! shared "unknown" key, never let through unlimited. Keys that are back to a full bucket are
 //! evicted every [`EVICT_EVERY`], and at once when the map passes [`MAX_KEYS`], so a flood of
 //! distinct client addresses costs memory only for the keys active within a refill period.
 
+pub mod redis;
+
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use self::redis::{Reply, SharedLimit, Store};
 use crate::plugin::Context;
 use crate::upstream::clock_ms;
 
@@ -106,6 +110,9 @@ pub struct RateLimit {
     /// [`clock_ms`] of the last look at the map's size (which walks every shard, so it is not
     /// done per request).
     last_size_check: AtomicU64,
+    /// With `store`, the bucket every gateway shares; [`Self::limiter`] then decides only the
+    /// checks made while the store is unavailable.
+    shared: Option<SharedLimit>,
 }
 
 /// What the limiter decided.
@@ -145,15 +152,36 @@ impl RateLimit {
             policy,
             last_eviction: AtomicU64::new(0),
             last_size_check: AtomicU64::new(0),
+            shared: None,
         })
+    }
+
+    /// Keeps the buckets in `store`, under the route's name, shared with every gateway that
+    /// uses it; each check waits for Redis at most `timeout`.
+    pub fn with_store(mut self, store: Arc<Store>, route: &str, timeout: Duration) -> RateLimit {
+        self.shared = Some(SharedLimit::new(
+            store,
+            route,
+            self.interval(),
+            self.burst.get(),
+            timeout,
+        ));
+        self
+    }
+
+    /// Starts the background work of the limit's store (connecting), if it has one.
+    pub fn start(&self) {
+        if let Some(shared) = &self.shared {
+            shared.store().start();
+        }
     }
 
     pub fn key_kind(&self) -> &KeyKind {
         &self.key
     }
 
-    /// Takes one unit for this request's key.
-    pub fn check(&self, client_ip: IpAddr, headers: &HeaderMap, ctx: &Context) -> Verdict {
+    /// Takes one unit for this request's key. Without a store this never waits.
+    pub async fn check(&self, client_ip: IpAddr, headers: &HeaderMap, ctx: &Context) -> Verdict {
         let key = match &self.key {
             KeyKind::ClientIp => Key::Ip(client_ip),
             KeyKind::Route => Key::Route,
@@ -164,24 +192,44 @@ impl RateLimit {
                 .get(name)
                 .map_or(Key::Unknown, |value| Key::Text(value.as_bytes().into())),
         };
+        if let Some(shared) = &self.shared {
+            // Boxed: the Redis call's state is large, and inline it would grow the future of
+            // every request, on routes without a store too.
+            match Box::pin(shared.take(&key)).await {
+                Some(Reply::Allowed { remaining }) => return self.allowed(remaining),
+                Some(Reply::Limited { wait }) => return self.limited(wait),
+                None => {}
+            }
+        }
+        self.check_local(&key)
+    }
+
+    fn check_local(&self, key: &Key) -> Verdict {
         self.evict_idle_keys();
-        let interval = self.rate.per / self.rate.count.get();
-        match self.limiter.check_key(&key) {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                // Seconds until the bucket is full again.
-                let reset = interval * (self.burst.get() - remaining);
-                Verdict::Allowed(self.headers(remaining, reset))
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let mut headers = self.headers(0, wait);
-                headers.insert(http::header::RETRY_AFTER, seconds_up(wait).into());
-                Verdict::Limited {
-                    headers,
-                    retry_after: wait,
-                }
-            }
+        match self.limiter.check_key(key) {
+            Ok(state) => self.allowed(state.remaining_burst_capacity()),
+            // The limiter's own clock: a new DefaultClock (quanta) runs CPUID on every 429 to
+            // detect its counter, and CPUID traps to the hypervisor on a VM.
+            Err(not_until) => self.limited(not_until.wait_time_from(self.limiter.clock().now())),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.rate.per / self.rate.count.get()
+    }
+
+    fn allowed(&self, remaining: u32) -> Verdict {
+        // Seconds until the bucket is full again.
+        let reset = self.interval() * self.burst.get().saturating_sub(remaining);
+        Verdict::Allowed(self.headers(remaining, reset))
+    }
+
+    fn limited(&self, wait: Duration) -> Verdict {
+        let mut headers = self.headers(0, wait);
+        headers.insert(http::header::RETRY_AFTER, seconds_up(wait).into());
+        Verdict::Limited {
+            headers,
+            retry_after: wait,
         }
     }
 
@@ -258,24 +306,24 @@ mod tests {
         assert!(KeyKind::parse("cookie").is_err() && KeyKind::parse("ctx:").is_err());
     }
 
-    #[test]
-    fn burst_then_limited_per_key_with_headers() {
+    #[tokio::test]
+    async fn burst_then_limited_per_key_with_headers() {
         let limit =
             RateLimit::new(KeyKind::ClientIp, Rate::parse("1/m").unwrap(), Some(2)).unwrap();
         let (headers, ctx) = (HeaderMap::new(), Context::new());
-        let Verdict::Allowed(first) = limit.check(ip(1), &headers, &ctx) else {
+        let Verdict::Allowed(first) = limit.check(ip(1), &headers, &ctx).await else {
             panic!("first request limited")
         };
         assert_eq!(first["ratelimit-policy"], "\"route\";q=1;w=60");
         assert_eq!(first["ratelimit"], "\"route\";r=1;t=60");
         assert!(matches!(
-            limit.check(ip(1), &headers, &ctx),
+            limit.check(ip(1), &headers, &ctx).await,
             Verdict::Allowed(_)
         ));
         let Verdict::Limited {
             headers: limited,
             retry_after,
-        } = limit.check(ip(1), &headers, &ctx)
+        } = limit.check(ip(1), &headers, &ctx).await
         else {
             panic!("third request allowed")
         };
@@ -283,13 +331,13 @@ mod tests {
         assert_eq!(limited["retry-after"], "60");
         // Another client has its own bucket.
         assert!(matches!(
-            limit.check(ip(2), &headers, &ctx),
+            limit.check(ip(2), &headers, &ctx).await,
             Verdict::Allowed(_)
         ));
     }
 
-    #[test]
-    fn a_missing_key_shares_the_unknown_bucket() {
+    #[tokio::test]
+    async fn a_missing_key_shares_the_unknown_bucket() {
         let limit = RateLimit::new(
             KeyKind::Ctx("user_id".into()),
             Rate::parse("1/m").unwrap(),
@@ -299,23 +347,57 @@ mod tests {
         let headers = HeaderMap::new();
         let mut ctx = Context::new();
         assert!(matches!(
-            limit.check(ip(1), &headers, &ctx),
+            limit.check(ip(1), &headers, &ctx).await,
             Verdict::Allowed(_)
         ));
         // A different client without the value: the same "unknown" bucket, already empty.
         assert!(matches!(
-            limit.check(ip(2), &headers, &ctx),
+            limit.check(ip(2), &headers, &ctx).await,
             Verdict::Limited { .. }
         ));
         ctx.insert("user_id".into(), "alice".into());
         assert!(matches!(
-            limit.check(ip(2), &headers, &ctx),
+            limit.check(ip(2), &headers, &ctx).await,
             Verdict::Allowed(_)
         ));
     }
 
-    #[test]
-    fn a_million_distinct_clients_leave_a_bounded_map() {
+    #[tokio::test]
+    async fn a_store_that_is_down_leaves_the_decision_to_the_local_limiter() {
+        let rate = Rate::parse("1/m").unwrap();
+        let local = RateLimit::new(KeyKind::ClientIp, rate, Some(2)).unwrap();
+        // Never started, so never connected: down from the start.
+        let store = Store::get("redis://127.0.0.1:1").unwrap();
+        let shared = RateLimit::new(KeyKind::ClientIp, rate, Some(2))
+            .unwrap()
+            .with_store(store, "down-store-test", Duration::from_millis(50));
+        let (headers, ctx) = (HeaderMap::new(), Context::new());
+        for _ in 0..2 {
+            let (Verdict::Allowed(expected), Verdict::Allowed(got)) = (
+                local.check(ip(1), &headers, &ctx).await,
+                shared.check(ip(1), &headers, &ctx).await,
+            ) else {
+                panic!("limited within the burst")
+            };
+            assert_eq!(got, expected);
+        }
+        assert!(matches!(
+            shared.check(ip(1), &headers, &ctx).await,
+            Verdict::Limited { .. }
+        ));
+        let text = crate::telemetry::metrics::metrics().encode(Vec::new());
+        assert!(
+            text.contains("wasmgate_rate_limit_store_fallbacks_total{route=\"down-store-test\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasmgate_rate_limit_store_up{store=\"redis://127.0.0.1:1/0\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_million_distinct_clients_leave_a_bounded_map() {
         // 100/s, burst 20: a client seen once is back to a full bucket 10 ms later.
         let limit =
             RateLimit::new(KeyKind::ClientIp, Rate::parse("100/s").unwrap(), Some(20)).unwrap();
@@ -325,7 +407,7 @@ mod tests {
         for n in 0..1_000_000u32 {
             let ip = IpAddr::from(n.to_be_bytes());
             assert!(matches!(
-                limit.check(ip, &headers, &ctx),
+                limit.check(ip, &headers, &ctx).await,
                 Verdict::Allowed(_)
             ));
             peak = peak.max(limit.keys());
