@@ -114,13 +114,14 @@ fn upstreams(snapshot: &Snapshot) -> Value {
         .iter()
         .map(|(name, upstream)| {
             let targets: Vec<Value> = upstream
+                .targets()
                 .targets
                 .iter()
                 .map(|target| {
                     let ejected = target.is_ejected(now);
                     json!({
                         "addr": &*target.addr,
-                        "weight": target.weight,
+                        "weight": target.weight(),
                         "healthy": target.is_healthy(),
                         "ejected": ejected,
                         "ejected_for_ms": if ejected { target.ejected_until().saturating_sub(now) } else { 0 },
@@ -129,7 +130,11 @@ fn upstreams(snapshot: &Snapshot) -> Value {
                     })
                 })
                 .collect();
-            (name.clone(), json!({ "targets": targets }))
+            let source = match &upstream.source {
+                Some(source) => source.to_json(),
+                None => json!({ "kind": "static" }),
+            };
+            (name.clone(), json!({ "source": source, "targets": targets }))
         })
         .collect();
     json!({ "upstreams": upstreams })
@@ -142,12 +147,18 @@ fn target_states(snapshot: &Snapshot) -> Vec<TargetState> {
         .upstreams
         .values()
         .flat_map(|upstream| {
-            upstream.targets.iter().map(move |target| TargetState {
-                upstream: upstream.name.clone(),
-                target: target.addr.clone(),
-                healthy: target.is_healthy(),
-                ejected: target.is_ejected(now),
-            })
+            let set = upstream.targets();
+            (0..set.targets.len())
+                .map(|i| {
+                    let target = &set.targets[i];
+                    TargetState {
+                        upstream: upstream.name.clone(),
+                        target: target.addr.clone(),
+                        healthy: target.is_healthy(),
+                        ejected: target.is_ejected(now),
+                    }
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }

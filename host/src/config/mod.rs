@@ -209,12 +209,50 @@ pub struct UpstreamTlsConfig {
     pub ca: Option<String>,
 }
 
+/// `[upstreams.NAME.discovery]`: exactly one source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
-    pub dns: Option<toml::Table>,
-    pub etcd: Option<toml::Table>,
-    pub consul: Option<toml::Table>,
+    pub dns: Option<Spanned<DnsDiscoveryConfig>>,
+    pub etcd: Option<Spanned<EtcdDiscoveryConfig>>,
+    pub consul: Option<Spanned<ConsulDiscoveryConfig>>,
+}
+
+/// `discovery.dns`: A/AAAA records of `name` (with `port`), or SRV records when `name` starts
+/// with `_` (`_http._tcp.users.internal`), which carry their own ports, priorities and weights.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscoveryConfig {
+    pub name: Spanned<String>,
+    pub port: Option<Spanned<u16>>,
+    /// How often to look again (sooner when the records' TTL runs out first).
+    #[serde(default = "defaults::dns_refresh")]
+    pub refresh: Duration,
+    /// **Extension.** Name servers (`ip:port`) to ask instead of the system's resolv.conf.
+    pub servers: Option<Vec<Spanned<String>>>,
+}
+
+/// `discovery.etcd`: every key under `prefix` holds `{"addr": "host:port", "weight": N}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdDiscoveryConfig {
+    pub endpoints: Spanned<Vec<String>>,
+    pub prefix: Spanned<String>,
+}
+
+/// `discovery.consul`: the passing instances of `service` (with `tag`), by blocking queries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulDiscoveryConfig {
+    /// The Consul agent's HTTP API, `host:port`.
+    pub addr: Spanned<String>,
+    pub service: Spanned<String>,
+    pub tag: Option<Spanned<String>>,
+    /// **Extension.** The datacenter to ask about (default: the agent's).
+    pub datacenter: Option<Spanned<String>>,
+    /// **Extension.** How long one blocking query may wait for a change.
+    #[serde(default = "defaults::consul_wait")]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +378,14 @@ pub fn parse_trusted_proxy(text: &str) -> Result<IpNet, String> {
 
 mod defaults {
     use super::{Duration, Size, Spanned};
+
+    pub fn dns_refresh() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    pub fn consul_wait() -> Duration {
+        Duration::from_secs(300)
+    }
 
     pub fn max_header_bytes() -> Size {
         Size::kib(64)

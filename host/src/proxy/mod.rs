@@ -390,15 +390,17 @@ async fn forward(
         RequestBody::Full(bytes) => (Some(RequestBody::Full(bytes.clone())), None, bytes),
         other => (Some(other), None, None),
     };
+    // One set of targets for every attempt: indexes in `tried` stay meaningful.
+    let set = upstream.targets_for_request(deadline).await;
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let Some(index) = upstream.pick(&parts.headers, &tried) else {
+        let Some(index) = upstream.pick(&set, &parts.headers, &tried) else {
             return Err(ProxyError::new(
                 ErrorKind::NoHealthyTarget,
                 format!("upstream `{}` has no available target", upstream.name),
             ));
         };
-        let target = &upstream.targets[index];
+        let target = &set.targets[index];
         tried.push(index);
         record.attempts += 1;
         record.upstream = Some(target.addr.clone());
@@ -440,7 +442,7 @@ async fn forward(
             Ok((response, _)) => response.status().is_server_error(),
             Err(error) => error.side == Side::Upstream,
         };
-        upstream.record_outcome(index, failed);
+        upstream.record_outcome(&set, index, failed);
 
         let retries_done = record.attempts - 1;
         let body_replayable = match &replay_source {

@@ -177,6 +177,10 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     targets: Arc<TargetStates>,
+    discovery_updates: Family<UpstreamLabels, Counter>,
+    discovery_errors: Family<UpstreamLabels, Counter>,
+    discovery_up: Family<UpstreamLabels, Gauge>,
+    discovery_targets: Family<UpstreamLabels, Gauge>,
     /// Shared rate limits (`rate_limit.store`).
     pub rate_limit_store: RateLimitStoreMetrics,
     /// One scrape at a time: the target rows are lent to the collector for the scrape.
@@ -275,6 +279,31 @@ impl Metrics {
             "Client connections open now, by listener",
             open_connections.clone(),
         );
+        let discovery_updates = Family::default();
+        registry.register(
+            "discovery_updates",
+            "Target lists received from an upstream's discovery source (changed or not)",
+            discovery_updates.clone(),
+        );
+        let discovery_errors = Family::default();
+        registry.register(
+            "discovery_errors",
+            "Failed reads of an upstream's discovery source (the last list kept serving)",
+            discovery_errors.clone(),
+        );
+        let discovery_up = Family::default();
+        registry.register(
+            "discovery_source_up",
+            "1 while the upstream's discovery source is read without error, 0 while the last \
+             good list serves",
+            discovery_up.clone(),
+        );
+        let discovery_targets = Family::default();
+        registry.register(
+            "discovery_targets",
+            "Targets in the last list from the upstream's discovery source",
+            discovery_targets.clone(),
+        );
         let targets = Arc::new(TargetStates::default());
         registry.register_collector(Box::new(targets.clone()));
         let rate_limit_store = RateLimitStoreMetrics::register(&mut registry);
@@ -293,6 +322,10 @@ impl Metrics {
             connections,
             open_connections,
             targets,
+            discovery_updates,
+            discovery_errors,
+            discovery_up,
+            discovery_targets,
             rate_limit_store,
             scrape: Mutex::new(()),
         }
@@ -328,6 +361,19 @@ impl Metrics {
         UpstreamMetrics {
             duration: self.upstream_duration.get_or_create_owned(&labels),
             retries: self.retries.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The series of upstream `name`'s discovery source.
+    pub fn discovery(&self, name: &str) -> DiscoveryMetrics {
+        let labels = UpstreamLabels {
+            upstream: name.to_owned(),
+        };
+        DiscoveryMetrics {
+            updates: self.discovery_updates.get_or_create_owned(&labels),
+            errors: self.discovery_errors.get_or_create_owned(&labels),
+            up: self.discovery_up.get_or_create_owned(&labels),
+            targets: self.discovery_targets.get_or_create_owned(&labels),
         }
     }
 
@@ -425,6 +471,27 @@ impl UpstreamMetrics {
 
     pub fn retried(&self) {
         self.retries.inc();
+    }
+}
+
+/// One discovery source's series.
+pub struct DiscoveryMetrics {
+    updates: Counter,
+    errors: Counter,
+    up: Gauge,
+    targets: Gauge,
+}
+
+impl DiscoveryMetrics {
+    pub fn updated(&self, targets: usize) {
+        self.updates.inc();
+        self.up.set(1);
+        self.targets.set(i64::try_from(targets).unwrap_or(i64::MAX));
+    }
+
+    pub fn failed(&self) {
+        self.errors.inc();
+        self.up.set(0);
     }
 }
 

@@ -80,7 +80,7 @@ impl Balancer for SmoothRoundRobin {
         eligible: &dyn Fn(usize) -> bool,
         _: &PickContext<'_>,
     ) -> Option<usize> {
-        self.pick_by_weight(targets.len(), &|i| targets[i].weight, eligible)
+        self.pick_by_weight(targets.len(), &|i| targets[i].weight(), eligible)
     }
 }
 
@@ -101,7 +101,7 @@ impl Balancer for WeightedRandom {
 fn weighted_random(targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
     let total: u64 = (0..targets.len())
         .filter(|&i| eligible(i))
-        .map(|i| u64::from(targets[i].weight))
+        .map(|i| u64::from(targets[i].weight()))
         .sum();
     if total == 0 {
         return None;
@@ -111,7 +111,7 @@ fn weighted_random(targets: &[Arc<Target>], eligible: &dyn Fn(usize) -> bool) ->
         if !eligible(i) {
             continue;
         }
-        let weight = u64::from(target.weight);
+        let weight = u64::from(target.weight());
         if point < weight {
             return Some(i);
         }
@@ -139,7 +139,7 @@ impl Balancer for LeastRequest {
         // Fewer requests in flight per unit of weight wins; ties keep the (weighted) first pick,
         // so idle targets still share traffic by weight.
         let in_flight = |i: usize| targets[i].in_flight() as u64;
-        let weight = |i: usize| u64::from(targets[i].weight);
+        let weight = |i: usize| u64::from(targets[i].weight());
         let second_is_less_loaded =
             in_flight(second) * weight(first) < in_flight(first) * weight(second);
         Some(if second_is_less_loaded { second } else { first })
@@ -162,13 +162,13 @@ impl ConsistentHash {
     pub fn new(targets: &[Arc<Target>]) -> Self {
         let total_weight: u64 = targets
             .iter()
-            .map(|t| u64::from(t.weight))
+            .map(|t| u64::from(t.weight()))
             .sum::<u64>()
             .max(1);
         let per_weight = (MAX_RING / total_weight).clamp(1, VNODES_PER_WEIGHT);
         let mut ring = Vec::new();
         for (i, target) in targets.iter().enumerate() {
-            for vnode in 0..u64::from(target.weight) * per_weight {
+            for vnode in 0..u64::from(target.weight()) * per_weight {
                 let point = fnv1a(format!("{}-{vnode}", target.addr).as_bytes());
                 ring.push((point, i));
             }

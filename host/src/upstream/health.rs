@@ -3,6 +3,7 @@
 //! successes in a row it gets traffic again. Any status below 400 answered within `timeout`
 //! counts as a success.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,8 +53,6 @@ pub fn spawn(upstream: &Arc<Upstream>, check: HealthCheck) {
 }
 
 async fn run(weak: Weak<Upstream>, check: HealthCheck) {
-    // Consecutive results per target: positive = successes, negative = failures.
-    let mut streaks: Vec<i64> = Vec::new();
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,25 +60,27 @@ async fn run(weak: Weak<Upstream>, check: HealthCheck) {
         let Some(upstream) = weak.upgrade() else {
             return;
         };
-        streaks.resize(upstream.targets.len(), 0);
-        let probes = upstream
+        // The targets now: discovery may have changed them since the last round.
+        let set = upstream.targets();
+        let probes = set
             .targets
             .iter()
             .map(|target| probe(&upstream, target, &check));
         let results = futures_util::future::join_all(probes).await;
-        for (i, ok) in results.into_iter().enumerate() {
-            let target = &upstream.targets[i];
-            streaks[i] = match (ok, streaks[i]) {
+        for (target, ok) in set.targets.iter().zip(results) {
+            let streak = &target.state.health_streak;
+            let now = match (ok, streak.load(Ordering::Relaxed)) {
                 (Ok(()), s) if s > 0 => s + 1,
                 (Ok(()), _) => 1,
                 (Err(_), s) if s < 0 => s - 1,
                 (Err(_), _) => -1,
             };
-            if target.is_healthy() && -streaks[i] >= i64::from(check.unhealthy_threshold) {
+            streak.store(now, Ordering::Relaxed);
+            if target.is_healthy() && -now >= i64::from(check.unhealthy_threshold) {
                 target.set_healthy(false);
-                let reason = format!("{} failed checks in a row", -streaks[i]);
+                let reason = format!("{} failed checks in a row", -now);
                 warn!(upstream = %upstream.name, target = %target.addr, %reason, "health check: target is unhealthy");
-            } else if !target.is_healthy() && streaks[i] >= i64::from(check.healthy_threshold) {
+            } else if !target.is_healthy() && now >= i64::from(check.healthy_threshold) {
                 target.set_healthy(true);
                 info!(upstream = %upstream.name, target = %target.addr, "health check: target is healthy again");
             }

@@ -1,17 +1,26 @@
 //! Upstreams: a named set of targets, how to choose among them, how to reach them, and what is
 //! known about their health.
+//!
+//! The targets are listed in the config or found by [`discovery`]; either way requests read
+//! them as one immutable [`TargetSet`] (an `ArcSwap` load, no lock), which discovery replaces as
+//! a whole. A request keeps the set it started with, so the indexes it tried stay valid across
+//! its retries.
 
 mod balance;
+pub mod discovery;
 mod health;
 mod outlier;
 mod target;
 mod transport;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
+use tokio::sync::Notify;
 
 pub use balance::{
     Balancer, ConsistentHash, LeastRequest, PickContext, SmoothRoundRobin, WeightedRandom,
@@ -27,10 +36,16 @@ use crate::telemetry::metrics::{UpstreamMetrics, metrics};
 
 pub struct Upstream {
     pub name: Arc<str>,
-    pub targets: Vec<Arc<Target>>,
-    balancer: Box<dyn Balancer>,
+    /// The targets now: as listed, or as discovery last reported them.
+    set: ArcSwap<TargetSet>,
+    balance: BalanceKind,
     /// For `hash:header:NAME` balancing.
     hash_header: Option<HeaderName>,
+    /// Where the targets come from when the config does not list them.
+    pub source: Option<discovery::Source>,
+    /// Wakes requests that wait for discovery's first list.
+    first_list: Notify,
+    has_list: AtomicBool,
     pub transport: Arc<Transport>,
     pub protocol: Protocol,
     pub timeout: Duration,
@@ -41,6 +56,58 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     /// Background work started (so a reload that keeps this upstream does not start it twice).
     started: AtomicBool,
+}
+
+/// An upstream's targets at one moment, with the balancer built for them.
+pub struct TargetSet {
+    pub targets: Vec<Arc<Target>>,
+    /// Per target, when the source gives priorities that differ (SRV); `None` otherwise.
+    priorities: Option<Vec<u32>>,
+    balancer: Box<dyn Balancer>,
+}
+
+impl TargetSet {
+    fn new(balance: &BalanceKind, targets: Vec<Arc<Target>>, priorities: Vec<u32>) -> TargetSet {
+        let balancer: Box<dyn Balancer> = match balance {
+            BalanceKind::RoundRobin => Box::new(SmoothRoundRobin::new(targets.len())),
+            BalanceKind::LeastRequest => Box::new(LeastRequest),
+            BalanceKind::Random => Box::new(WeightedRandom),
+            BalanceKind::HashHeader(_) => Box::new(ConsistentHash::new(&targets)),
+        };
+        let priorities = priorities
+            .iter()
+            .any(|&p| p != priorities[0])
+            .then_some(priorities);
+        TargetSet {
+            targets,
+            priorities,
+            balancer,
+        }
+    }
+
+    /// The lowest priority among the targets `eligible` allows, when priorities differ.
+    fn best_priority(&self, eligible: &dyn Fn(usize) -> bool) -> Option<u32> {
+        let priorities = self.priorities.as_ref()?;
+        (0..self.targets.len())
+            .filter(|&i| eligible(i))
+            .map(|i| priorities[i])
+            .min()
+    }
+}
+
+/// What a new target list changed.
+#[derive(Debug, Default)]
+pub struct TargetChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same addresses, other weights or priorities.
+    pub reweighted: bool,
+}
+
+impl TargetChange {
+    pub fn changed(&self) -> bool {
+        !self.added.is_empty() || !self.removed.is_empty() || self.reweighted
+    }
 }
 
 /// How targets are chosen, as written in `balance`.
@@ -87,6 +154,7 @@ impl Upstream {
             };
 
         let mut targets = Vec::new();
+        let mut provider = None;
         match (&config.targets, &config.discovery) {
             (Some(list), None) if !list.is_empty() => {
                 for target in list {
@@ -104,12 +172,10 @@ impl Upstream {
                 }
             }
             (Some(_), None) => fail(diagnostics, span.clone(), "`targets` is empty".into()),
-            (None, Some(discovery)) => fail(
-                diagnostics,
-                discovery.span(),
-                "service discovery is not available in this build yet; list `targets` instead"
-                    .into(),
-            ),
+            (None, Some(discovery)) => match discovery::provider(discovery) {
+                Ok(built) => provider = Some(built),
+                Err((span, message)) => fail(diagnostics, span, message),
+            },
             (Some(_), Some(discovery)) => fail(
                 diagnostics,
                 discovery.span(),
@@ -158,19 +224,19 @@ impl Upstream {
         if diagnostics.error_count() > errors_before {
             return None;
         };
-        let (balancer, hash_header): (Box<dyn Balancer>, _) = match balance {
-            BalanceKind::RoundRobin => (Box::new(SmoothRoundRobin::new(targets.len())), None),
-            BalanceKind::LeastRequest => (Box::new(LeastRequest), None),
-            BalanceKind::Random => (Box::new(WeightedRandom), None),
-            BalanceKind::HashHeader(header) => {
-                (Box::new(ConsistentHash::new(&targets)), Some(header))
-            }
+        let hash_header = match &balance {
+            BalanceKind::HashHeader(header) => Some(header.clone()),
+            _ => None,
         };
+        let priorities = vec![0; targets.len()];
         Some(Upstream {
             name: Arc::from(name),
-            targets,
-            balancer,
+            set: ArcSwap::from_pointee(TargetSet::new(&balance, targets, priorities)),
+            balance,
             hash_header,
+            has_list: AtomicBool::new(provider.is_none()),
+            source: provider.map(|provider| discovery::Source::new(name, provider)),
+            first_list: Notify::new(),
             transport,
             protocol: config.protocol,
             timeout: config.timeout.get(),
@@ -182,20 +248,103 @@ impl Upstream {
         })
     }
 
-    /// Starts the upstream's background work (active health checks), once. It stops by itself
-    /// when the upstream is dropped.
+    /// Starts the upstream's background work (active health checks, following its discovery
+    /// source), once. It stops by itself when the upstream is dropped.
     pub fn start(self: &Arc<Self>) {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
+        }
+        if let Some(source) = &self.source {
+            source.spawn(self);
         }
         if let Some(check) = &self.health_check {
             health::spawn(self, check.clone());
         }
     }
 
-    /// Chooses a target for a request, avoiding the ones this request already tried when
-    /// another is available. `None` when every target is unhealthy or ejected.
-    pub fn pick(&self, headers: &HeaderMap, tried: &[usize]) -> Option<usize> {
+    /// The targets now.
+    pub fn targets(&self) -> Arc<TargetSet> {
+        self.set.load_full()
+    }
+
+    /// The targets for a request. Until discovery has delivered its first list (just after
+    /// the start, or after a reload that added the upstream), the request waits for it, up to
+    /// `deadline`, rather than failing for a list that is a moment away.
+    pub async fn targets_for_request(&self, deadline: Instant) -> Arc<TargetSet> {
+        if !self.has_list.load(Ordering::Acquire) {
+            let first = self.first_list.notified();
+            if !self.has_list.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout_at(deadline.into(), first).await;
+            }
+        }
+        self.targets()
+    }
+
+    /// Replaces the targets with `endpoints` (discovery). An address that stays keeps its
+    /// [`Target`]: its health, ejection state, in-flight count and pooled connections.
+    pub fn replace_targets(&self, endpoints: &[discovery::Endpoint]) -> TargetChange {
+        let current = self.targets();
+        let mut kept: HashMap<&str, &Arc<Target>> = current
+            .targets
+            .iter()
+            .map(|target| (&*target.addr, target))
+            .collect();
+        let old_priorities = current.priorities.as_deref();
+        let mut change = TargetChange::default();
+        let mut targets = Vec::with_capacity(endpoints.len());
+        let mut priorities = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            if targets
+                .iter()
+                .any(|t: &Arc<Target>| *t.addr == *endpoint.addr)
+            {
+                continue; // listed twice: the first one counts
+            }
+            let target = match kept.remove(endpoint.addr.as_str()) {
+                Some(existing) => {
+                    let index = current
+                        .targets
+                        .iter()
+                        .position(|t| Arc::ptr_eq(t, existing))
+                        .unwrap_or(0);
+                    let old_priority = old_priorities.map_or(0, |p| p[index]);
+                    if existing.weight() != endpoint.weight.max(1)
+                        || old_priority != endpoint.priority
+                    {
+                        change.reweighted = true;
+                    }
+                    existing.set_weight(endpoint.weight);
+                    existing.clone()
+                }
+                None => match Target::new(&endpoint.addr, endpoint.weight) {
+                    Ok(target) => {
+                        change.added.push(endpoint.addr.clone());
+                        Arc::new(target)
+                    }
+                    Err(message) => {
+                        tracing::warn!(upstream = %self.name, "discovery: skipped: {message}");
+                        continue;
+                    }
+                },
+            };
+            targets.push(target);
+            priorities.push(endpoint.priority);
+        }
+        change.removed = kept.keys().map(|addr| (*addr).to_owned()).collect();
+        change.removed.sort();
+        if change.changed() || !self.has_list.load(Ordering::Acquire) {
+            self.set
+                .store(Arc::new(TargetSet::new(&self.balance, targets, priorities)));
+        }
+        if !self.has_list.swap(true, Ordering::AcqRel) {
+            self.first_list.notify_waiters();
+        }
+        change
+    }
+
+    /// Chooses a target of `set` for a request, avoiding the ones this request already tried
+    /// when another is available. `None` when every target is unhealthy or ejected.
+    pub fn pick(&self, set: &TargetSet, headers: &HeaderMap, tried: &[usize]) -> Option<usize> {
         let now = clock_ms();
         let ctx = PickContext {
             hash_key: self
@@ -204,40 +353,46 @@ impl Upstream {
                 .and_then(|name| headers.get(name))
                 .map(|value| value.as_bytes()),
         };
-        let available = |i: usize| self.targets[i].is_available(now);
-        self.balancer
-            .pick(
-                &self.targets,
-                &|i| available(i) && !tried.contains(&i),
-                &ctx,
-            )
-            .or_else(|| {
-                if tried.is_empty() {
-                    None
-                } else {
-                    self.balancer.pick(&self.targets, &available, &ctx)
-                }
-            })
+        let available = |i: usize| set.targets[i].is_available(now);
+        let pick_among = |eligible: &dyn Fn(usize) -> bool| match set.best_priority(eligible) {
+            // Only the most preferred priority that has an eligible target.
+            Some(best) => {
+                let priorities = set.priorities.as_deref().unwrap_or_default();
+                set.balancer.pick(
+                    &set.targets,
+                    &|i| priorities[i] == best && eligible(i),
+                    &ctx,
+                )
+            }
+            None => set.balancer.pick(&set.targets, eligible, &ctx),
+        };
+        pick_among(&|i| available(i) && !tried.contains(&i)).or_else(|| {
+            if tried.is_empty() {
+                None
+            } else {
+                pick_among(&available)
+            }
+        })
     }
 
-    /// Feeds the outcome of one exchange with a target to outlier detection.
-    pub fn record_outcome(&self, index: usize, failed: bool) {
+    /// Feeds the outcome of one exchange with target `index` of `set` to outlier detection.
+    pub fn record_outcome(&self, set: &TargetSet, index: usize, failed: bool) {
         let Some(outlier) = &self.outlier else {
             return;
         };
         let now = clock_ms();
         if failed {
-            if let Some(ejected_for) = outlier.record_failure(&self.targets, index, now) {
-                metrics().ejected(&self.name, &self.targets[index].addr);
+            if let Some(ejected_for) = outlier.record_failure(&set.targets, index, now) {
+                metrics().ejected(&self.name, &set.targets[index].addr);
                 tracing::warn!(
                     upstream = %self.name,
-                    target = %self.targets[index].addr,
+                    target = %set.targets[index].addr,
                     ejected_for_ms = ejected_for.as_millis() as u64,
                     "outlier detection: target ejected"
                 );
             }
         } else {
-            outlier.record_success(&self.targets[index], now);
+            outlier.record_success(&set.targets[index], now);
         }
     }
 }

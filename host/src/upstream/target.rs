@@ -2,7 +2,7 @@
 //! detector share about it. All of it is atomics: the request path never takes a lock here.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::uri::Authority;
@@ -22,7 +22,8 @@ pub struct Target {
     /// access log of every request that goes there.
     pub addr: std::sync::Arc<str>,
     pub authority: Authority,
-    pub weight: u32,
+    /// At least 1. Discovery may change it in place (the target keeps its state).
+    weight: AtomicU32,
     pub state: TargetState,
     /// Idle connections to this target.
     pub pool: ConnectionPool,
@@ -39,6 +40,9 @@ pub struct TargetState {
     pub(crate) consecutive_failures: AtomicU32,
     /// Requests currently using the target (least-request balancing).
     in_flight: AtomicUsize,
+    /// Active health checks in a row with the same result: positive = successes, negative =
+    /// failures. Kept here so that it follows the target across discovery's lists.
+    pub(crate) health_streak: AtomicI64,
 }
 
 impl Default for TargetState {
@@ -49,6 +53,7 @@ impl Default for TargetState {
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            health_streak: AtomicI64::new(0),
         }
     }
 }
@@ -69,10 +74,18 @@ impl Target {
         Ok(Target {
             addr: std::sync::Arc::from(addr),
             authority,
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             state: TargetState::default(),
             pool: ConnectionPool::default(),
         })
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
     /// Healthy by active checks and not currently ejected.
