@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end tests.
 
 pub mod client;
+pub mod consul;
 pub mod gateway;
 pub mod redis;
 pub mod upstream;

@@ -11,6 +11,8 @@
 //! The task ends when the upstream is dropped (a reload that removed or changed it, shutdown):
 //! [`Feed::stopped`] resolves then, and [`Feed::update`] returns false.
 
+mod consul;
+
 use std::fmt::Display;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -229,7 +231,7 @@ pub fn provider(
         return not_yet(etcd.span(), "etcd");
     }
     if let Some(consul) = &config.consul {
-        return not_yet(consul.span(), "consul");
+        return Ok(Arc::new(consul::Consul::from_config(consul)?));
     }
     unreachable!("exactly one source is set")
 }
