@@ -309,3 +309,67 @@ fn a_bad_consul_table_fails_check_with_its_position() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_stays_keeps_its_health_across_lists() {
+    let (sick, b, c) = (
+        TestUpstream::start("sick").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+    );
+    sick.set(Behaviour::Status(503));
+    let consul = FakeConsul::start().await;
+    consul.set(
+        "users",
+        vec![Instance::new(sick.addr), Instance::new(b.addr)],
+    );
+    // One failed check marks a target unhealthy, and the next round is far away. The target
+    // recovers meanwhile: only a target that lost its state with the new list (and so was
+    // checked again as new) would get traffic before that round.
+    let config = config(&consul, "").replace(
+        "[[routes]]",
+        "health_check = { path = \"/health\", interval = \"30s\", unhealthy_threshold = 1, healthy_threshold = 1 }\n[[routes]]",
+    );
+    let gateway = GatewayProcess::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway
+        .stderr()
+        .contains("health check: target is unhealthy")
+    {
+        assert!(Instant::now() < deadline, "{}", gateway.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sick.set(Behaviour::Echo);
+    consul.set(
+        "users",
+        vec![
+            Instance::new(sick.addr),
+            Instance::new(b.addr),
+            Instance::new(c.addr),
+        ],
+    );
+    let client = HttpClient::http1();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.hits() == 0 {
+        assert_eq!(client.get(&gateway.url("/x")).await.status, 200);
+        assert!(Instant::now() < deadline, "c never got traffic");
+    }
+    let sick_hits = sick.hits();
+    for _ in 0..50 {
+        assert_eq!(client.get(&gateway.url("/x")).await.status, 200);
+    }
+    assert_eq!(
+        sick.hits(),
+        sick_hits,
+        "the target marked unhealthy got traffic again"
+    );
+    let targets = admin_json(&gateway, "/upstreams").await["upstreams"]["users"]["targets"].clone();
+    let sick_row = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["addr"] == sick.addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(sick_row["healthy"], false, "{targets}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Uri, header};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{Target, Upstream};
@@ -49,25 +50,31 @@ impl HealthCheck {
 /// shutdown).
 pub fn spawn(upstream: &Arc<Upstream>, check: HealthCheck) {
     let weak = Arc::downgrade(upstream);
-    tokio::spawn(run(weak, check));
+    tokio::spawn(run(weak, upstream.targets_changed.clone(), check));
 }
 
-async fn run(weak: Weak<Upstream>, check: HealthCheck) {
+async fn run(weak: Weak<Upstream>, targets_changed: Arc<Notify>, check: HealthCheck) {
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // Every interval all targets; when discovery changed the list, at once the ones never
+        // checked (a new target is not left unchecked for a whole interval).
+        let only_new = tokio::select! {
+            _ = ticker.tick() => false,
+            () = targets_changed.notified() => true,
+        };
         let Some(upstream) = weak.upgrade() else {
             return;
         };
-        // The targets now: discovery may have changed them since the last round.
         let set = upstream.targets();
-        let probes = set
+        let due: Vec<&Arc<Target>> = set
             .targets
             .iter()
-            .map(|target| probe(&upstream, target, &check));
+            .filter(|target| !only_new || target.state.health_streak.load(Ordering::Relaxed) == 0)
+            .collect();
+        let probes = due.iter().map(|target| probe(&upstream, target, &check));
         let results = futures_util::future::join_all(probes).await;
-        for (target, ok) in set.targets.iter().zip(results) {
+        for (target, ok) in due.into_iter().zip(results) {
             let streak = &target.state.health_streak;
             let now = match (ok, streak.load(Ordering::Relaxed)) {
                 (Ok(()), s) if s > 0 => s + 1,

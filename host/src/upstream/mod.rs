@@ -45,6 +45,9 @@ pub struct Upstream {
     pub source: Option<discovery::Source>,
     /// Wakes requests that wait for discovery's first list.
     first_list: Notify,
+    /// Wakes the health checks when discovery changed the targets, so new ones are checked
+    /// at once rather than a whole `interval` later.
+    targets_changed: Arc<Notify>,
     has_list: AtomicBool,
     pub transport: Arc<Transport>,
     pub protocol: Protocol,
@@ -237,6 +240,7 @@ impl Upstream {
             has_list: AtomicBool::new(provider.is_none()),
             source: provider.map(|provider| discovery::Source::new(name, provider)),
             first_list: Notify::new(),
+            targets_changed: Arc::new(Notify::new()),
             transport,
             protocol: config.protocol,
             timeout: config.timeout.get(),
@@ -335,6 +339,8 @@ impl Upstream {
         if change.changed() || !self.has_list.load(Ordering::Acquire) {
             self.set
                 .store(Arc::new(TargetSet::new(&self.balance, targets, priorities)));
+            // One waiter (the health checks); a permit is kept if it is busy probing.
+            self.targets_changed.notify_one();
         }
         if !self.has_list.swap(true, Ordering::AcqRel) {
             self.first_list.notify_waiters();
