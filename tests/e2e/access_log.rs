@@ -71,11 +71,11 @@ async fn a_file_reopened_after_rotation_then_off_then_stdout() {
 
     // A reload turns it off: no line anywhere.
     gateway.replace_file("gateway.toml", config(&upstream, "off").as_bytes());
-    wait_for_reload(&gateway, 1);
+    gateway.wait_for_reloads(1);
     assert_eq!(client.get(&gateway.url("/third")).await.status, 200);
     // Back to stdout: the next request is logged there.
     gateway.replace_file("gateway.toml", config(&upstream, "stdout").as_bytes());
-    wait_for_reload(&gateway, 2);
+    gateway.wait_for_reloads(2);
     assert_eq!(client.get(&gateway.url("/fourth")).await.status, 200);
     let stdout = gateway.wait_access_log(1);
     assert_eq!(stdout.len(), 1, "{stdout:?}");
@@ -85,15 +85,6 @@ async fn a_file_reopened_after_rotation_then_off_then_stdout() {
         "{:?}",
         lines(&log)
     );
-}
-
-/// Waits until the gateway has logged `n` applied reloads.
-fn wait_for_reload(gateway: &GatewayProcess, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gateway.stderr().matches("reloaded").count() < n {
-        assert!(Instant::now() < deadline, "no reload: {}", gateway.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

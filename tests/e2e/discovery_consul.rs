@@ -373,3 +373,42 @@ async fn a_target_that_stays_keeps_its_health_across_lists() {
         .clone();
     assert_eq!(sick_row["healthy"], false, "{targets}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_an_unchanged_source_and_restarts_a_changed_one() {
+    let (a, b) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+    );
+    let consul = FakeConsul::start().await;
+    consul.set("users", vec![Instance::new(a.addr)]);
+    consul.set("users-v2", vec![Instance::new(b.addr)]);
+    let first = config(&consul, "");
+    let gateway = GatewayProcess::start(&first);
+    let client = HttpClient::http1();
+    assert_eq!(client.get(&gateway.url("/x")).await.upstream(), "a");
+    let plain_queries = |consul: &FakeConsul| consul.queries() - consul.blocking_queries();
+    assert_eq!(plain_queries(&consul), 1);
+
+    // Another route, same upstream table: the source goes on (no new first query).
+    let second = first.replace(
+        "path = \"/{*rest}\"",
+        "path = \"/{*rest}\"\nname = \"renamed\"",
+    );
+    gateway.replace_file("gateway.toml", second.as_bytes());
+    gateway.wait_for_reloads(1);
+    assert_eq!(client.get(&gateway.url("/x")).await.upstream(), "a");
+    assert_eq!(
+        plain_queries(&consul),
+        1,
+        "the unchanged source started over"
+    );
+
+    // The upstream now follows another service: a new source, whose first list the very
+    // first request after the reload waits for.
+    let third = second.replace("service = \"users\"", "service = \"users-v2\"");
+    gateway.replace_file("gateway.toml", third.as_bytes());
+    gateway.wait_for_reloads(2);
+    assert_eq!(client.get(&gateway.url("/x")).await.upstream(), "b");
+    assert_eq!(plain_queries(&consul), 2);
+}

@@ -152,6 +152,15 @@ impl GatewayProcess {
         self.stderr.lock().join("\n")
     }
 
+    /// Waits until the gateway has logged `n` applied reloads in all.
+    pub fn wait_for_reloads(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stderr().matches("reloaded").count() < n {
+            assert!(Instant::now() < deadline, "no reload: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Access-log lines (JSON) written so far.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         self.stdout
