@@ -397,7 +397,13 @@ async fn forward(
         let Some(index) = upstream.pick(&set, &parts.headers, &tried) else {
             return Err(ProxyError::new(
                 ErrorKind::NoHealthyTarget,
-                format!("upstream `{}` has no available target", upstream.name),
+                match (&upstream.source, set.targets.is_empty()) {
+                    (Some(_), true) => format!(
+                        "upstream `{}` has no targets: its discovery source lists none (yet)",
+                        upstream.name
+                    ),
+                    _ => format!("upstream `{}` has no available target", upstream.name),
+                },
             ));
         };
         let target = &set.targets[index];
