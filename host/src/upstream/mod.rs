@@ -402,3 +402,131 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::discovery::Endpoint;
+    use super::*;
+    use crate::snapshot::Snapshot;
+
+    /// An upstream `app` with a Consul source that is never started: the tests feed it.
+    fn discovered() -> Arc<Upstream> {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.app]\n\
+             discovery = { consul = { addr = \"127.0.0.1:1\", service = \"app\" } }\n\
+             [[routes]]\npath = \"/\"\nupstream = \"app\"\n";
+        let loaded = crate::config::load_str(Path::new("gw.toml"), text.into()).unwrap();
+        let snapshot = Snapshot::build(&loaded, None).unwrap_or_else(|e| panic!("{e}"));
+        snapshot.upstreams["app"].clone()
+    }
+
+    fn endpoint(addr: &str, weight: u32, priority: u32) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            weight,
+            priority,
+        }
+    }
+
+    fn addrs(set: &TargetSet) -> Vec<&str> {
+        set.targets.iter().map(|t| &*t.addr).collect()
+    }
+
+    #[test]
+    fn a_new_list_keeps_the_target_of_every_address_that_stays() {
+        let upstream = discovered();
+        assert!(upstream.targets().targets.is_empty());
+        let first = upstream
+            .replace_targets(&[endpoint("10.0.0.1:80", 1, 0), endpoint("10.0.0.2:80", 1, 0)]);
+        assert_eq!(first.added.len(), 2);
+        let before = upstream.targets();
+        before.targets[0].set_healthy(false);
+
+        let change = upstream.replace_targets(&[
+            endpoint("10.0.0.1:80", 5, 0),
+            endpoint("10.0.0.3:80", 1, 0),
+            endpoint("10.0.0.3:80", 9, 0), // listed twice: the first counts
+        ]);
+        assert_eq!(change.added, ["10.0.0.3:80"]);
+        assert_eq!(change.removed, ["10.0.0.2:80"]);
+        assert!(change.reweighted);
+        let after = upstream.targets();
+        assert_eq!(addrs(&after), ["10.0.0.1:80", "10.0.0.3:80"]);
+        assert!(Arc::ptr_eq(&before.targets[0], &after.targets[0]));
+        assert!(!after.targets[0].is_healthy(), "health was lost");
+        assert_eq!(after.targets[0].weight(), 5);
+        assert_eq!(after.targets[1].weight(), 1);
+
+        // The same list again changes nothing, not even the set.
+        let same = upstream
+            .replace_targets(&[endpoint("10.0.0.1:80", 5, 0), endpoint("10.0.0.3:80", 1, 0)]);
+        assert!(!same.changed());
+        assert!(Arc::ptr_eq(&after, &upstream.targets()));
+    }
+
+    #[test]
+    fn the_best_priority_with_an_available_target_gets_the_traffic() {
+        let upstream = discovered();
+        upstream.replace_targets(&[
+            endpoint("10.0.0.1:80", 1, 10),
+            endpoint("10.0.0.2:80", 1, 10),
+            endpoint("10.0.0.3:80", 1, 20),
+        ]);
+        let set = upstream.targets();
+        let headers = HeaderMap::new();
+        let picks: Vec<usize> = (0..20)
+            .map(|_| upstream.pick(&set, &headers, &[]).unwrap())
+            .collect();
+        assert!(picks.iter().all(|&i| i < 2), "{picks:?}");
+        // A retry avoids the tried one but stays within the priority while it can.
+        assert_eq!(upstream.pick(&set, &headers, &[0]), Some(1));
+        // With priority 10 down, priority 20 takes over.
+        set.targets[0].set_healthy(false);
+        set.targets[1].set_healthy(false);
+        assert_eq!(upstream.pick(&set, &headers, &[]), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_first_list_until_its_deadline() {
+        let upstream = discovered();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let started = Instant::now();
+        assert!(
+            upstream
+                .targets_for_request(deadline)
+                .await
+                .targets
+                .is_empty()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(45));
+
+        let waiting = {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                upstream.targets_for_request(deadline).await.targets.len()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        upstream.replace_targets(&[endpoint("10.0.0.1:80", 1, 0)]);
+        let found = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiting request was not woken")
+            .unwrap();
+        assert_eq!(found, 1);
+        // Once a list arrived, even an empty one does not make requests wait again.
+        upstream.replace_targets(&[]);
+        let started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(
+            upstream
+                .targets_for_request(deadline)
+                .await
+                .targets
+                .is_empty()
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
