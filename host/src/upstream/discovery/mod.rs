@@ -11,6 +11,8 @@
 //! The task ends when the upstream is dropped (a reload that removed or changed it, shutdown):
 //! [`Feed::stopped`] resolves then, and [`Feed::update`] returns false.
 
+mod etcd;
+
 use std::fmt::Display;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -226,7 +228,7 @@ pub fn provider(
         return not_yet(dns.span(), "dns");
     }
     if let Some(etcd) = &config.etcd {
-        return not_yet(etcd.span(), "etcd");
+        return etcd::provider(etcd);
     }
     if let Some(consul) = &config.consul {
         return not_yet(consul.span(), "consul");
