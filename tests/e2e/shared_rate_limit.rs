@@ -27,16 +27,6 @@ async fn get(client: &HttpClient, gateway: &GatewayProcess, path: &str) -> Reply
     client.send(Method::GET, &gateway.url(path), &[], "").await
 }
 
-/// The value of one series on the gateway's `GET /metrics`.
-async fn metric(client: &HttpClient, gateway: &GatewayProcess, series: &str) -> Option<f64> {
-    let text = client
-        .send(Method::GET, &gateway.admin_url("/metrics"), &[], "")
-        .await
-        .text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn store_up(redis: &Redis) -> String {
     format!(
         "wasmgate_rate_limit_store_up{{store=\"{}/0\"}}",
@@ -172,10 +162,20 @@ async fn without_redis_each_gateway_limits_alone_and_shares_again_when_it_is_bac
         assert_eq!(statuses, [200, 200, 200, 429], "{}", gateway.stderr());
         assert_eq!(metric(&client, gateway, &store_up(&redis)).await, Some(0.0));
         assert_eq!(metric(&client, gateway, FALLBACKS).await, Some(4.0));
-        let warnings = gateway
-            .stderr()
-            .matches("rate-limit store unavailable")
-            .count();
+        // The gateway's stderr is read by a thread: give the line a moment to arrive, and
+        // any further ones a moment to show.
+        let warnings = || {
+            gateway
+                .stderr()
+                .matches("rate-limit store unavailable")
+                .count()
+        };
+        let start = Instant::now();
+        while warnings() == 0 && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let warnings = warnings();
         assert_eq!(
             warnings,
             1,

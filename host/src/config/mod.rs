@@ -236,8 +236,12 @@ pub struct DnsDiscoveryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdDiscoveryConfig {
+    /// Cluster members, `host:port` (or `http://host:port`); the next is tried when one fails.
     pub endpoints: Spanned<Vec<String>>,
     pub prefix: Spanned<String>,
+    /// **Extension.** How long connecting, reading the prefix and opening the watch may take.
+    #[serde(default = "defaults::etcd_timeout")]
+    pub timeout: Duration,
 }
 
 /// `discovery.consul`: the passing instances of `service` (with `tag`), by blocking queries.
@@ -385,6 +389,10 @@ mod defaults {
 
     pub fn consul_wait() -> Duration {
         Duration::from_secs(300)
+    }
+
+    pub fn etcd_timeout() -> Duration {
+        Duration::from_secs(5)
     }
 
     pub fn max_header_bytes() -> Size {

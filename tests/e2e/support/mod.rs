@@ -2,9 +2,13 @@
 
 pub mod client;
 pub mod consul;
+pub mod etcd;
 pub mod gateway;
 pub mod redis;
 pub mod upstream;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 pub use client::{HttpClient, raw_exchange, raw_status};
 pub use gateway::GatewayProcess;
@@ -28,4 +32,37 @@ pub fn upstream_table(name: &str, targets: &[(std::net::SocketAddr, u32)], extra
         "\n[upstreams.{name}]\ntargets = [{}]\n{extra}\n",
         list.join(", ")
     )
+}
+
+/// The value of one series on the gateway's `GET /metrics`.
+pub async fn metric(client: &HttpClient, gateway: &GatewayProcess, series: &str) -> Option<f64> {
+    let text = client.get(&gateway.admin_url("/metrics")).await.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Whether the external `programs` a test needs are installed. When one is missing it says so
+/// on the terminal and returns false (the test then returns), or fails the test when the
+/// environment variable `require` is 1 (CI sets it).
+pub fn installed(programs: &[&str], require: &str, package: &str) -> bool {
+    let missing = programs.iter().find(|program| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+    });
+    let Some(missing) = missing else { return true };
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{missing} not found, and {require}=1 requires it (apt-get install {package})"
+    );
+    // Straight to the terminal: the test harness swallows eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** skipped: {missing} not found (apt-get install {package}; \
+         {require}=1 makes this a failure) ***\n"
+    );
+    false
 }

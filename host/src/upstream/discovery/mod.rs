@@ -12,6 +12,7 @@
 //! [`Feed::stopped`] resolves then, and [`Feed::update`] returns false.
 
 mod consul;
+mod etcd;
 
 use std::fmt::Display;
 use std::sync::{Arc, Weak};
@@ -228,7 +229,7 @@ pub fn provider(
         return not_yet(dns.span(), "dns");
     }
     if let Some(etcd) = &config.etcd {
-        return not_yet(etcd.span(), "etcd");
+        return etcd::provider(etcd);
     }
     if let Some(consul) = &config.consul {
         return Ok(Arc::new(consul::Consul::from_config(consul)?));
