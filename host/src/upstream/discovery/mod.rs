@@ -11,6 +11,8 @@
 //! The task ends when the upstream is dropped (a reload that removed or changed it, shutdown):
 //! [`Feed::stopped`] resolves then, and [`Feed::update`] returns false.
 
+mod dns;
+
 use std::fmt::Display;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -223,7 +225,7 @@ pub fn provider(
     }
     let config = config.get_ref();
     if let Some(dns) = &config.dns {
-        return not_yet(dns.span(), "dns");
+        return Ok(Arc::new(dns::DnsProvider::from_config(dns)?));
     }
     if let Some(etcd) = &config.etcd {
         return not_yet(etcd.span(), "etcd");
