@@ -27,16 +27,6 @@ async fn get(client: &HttpClient, gateway: &GatewayProcess, path: &str) -> Reply
     client.send(Method::GET, &gateway.url(path), &[], "").await
 }
 
-/// The value of one series on the gateway's `GET /metrics`.
-async fn metric(client: &HttpClient, gateway: &GatewayProcess, series: &str) -> Option<f64> {
-    let text = client
-        .send(Method::GET, &gateway.admin_url("/metrics"), &[], "")
-        .await
-        .text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn store_up(redis: &Redis) -> String {
     format!(
         "wasmgate_rate_limit_store_up{{store=\"{}/0\"}}",

@@ -1,7 +1,6 @@
 //! A real `redis-server` per test, on a free port, that the test can kill and start again on
 //! the same port (the shared rate-limit tests).
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,22 +20,7 @@ impl Redis {
     /// says so on the terminal and returns `None` (the test then returns), or fails the test
     /// when `WASMGATE_REQUIRE_REDIS=1`.
     pub fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !installed {
-            assert!(
-                std::env::var(REQUIRE).as_deref() != Ok("1"),
-                "redis-server not found, and {REQUIRE}=1 requires it (apt-get install redis-server)"
-            );
-            // Straight to the terminal: the test harness swallows eprintln! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** skipped: redis-server not found (apt-get install redis-server; \
-                 {REQUIRE}=1 makes this a failure) ***\n"
-            );
+        if !super::installed("redis-server", "redis-server", REQUIRE) {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
