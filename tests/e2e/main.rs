@@ -7,6 +7,7 @@ mod access_log;
 mod admin;
 mod balancing;
 mod cli;
+mod discovery_dns;
 mod first_party;
 mod forwarding;
 mod grpc;
