@@ -3,9 +3,9 @@
 //! port, weight and priority).
 //!
 //! The provider asks again every `refresh`, or when the answer's TTL runs out if that is
-//! sooner. It asks the name servers each time: the resolver's cache is emptied before every
-//! refresh, so a changed record shows on the next one even when its TTL is longer than
-//! `refresh`. An answer without a usable target (NXDOMAIN, no records, only SRV targets
+//! sooner. It asks the name servers each time: every refresh has a new resolver, with an empty
+//! cache, so a changed record shows on the next one even when its TTL is longer than `refresh`
+//! (and changes to /etc/resolv.conf and /etc/hosts apply too). An answer without a usable target (NXDOMAIN, no records, only SRV targets
 //! without addresses) counts as a failure like a timeout does: the last list keeps serving.
 
 use std::collections::HashMap;
@@ -152,10 +152,9 @@ impl DnsProvider {
     }
 
     async fn follow(self: Arc<Self>, feed: Feed) {
-        let mut resolver = None;
         loop {
             let result = tokio::select! {
-                result = self.look_up(&mut resolver) => result,
+                result = self.look_up() => result,
                 () = feed.stopped() => return,
             };
             let wait = match result {
@@ -182,18 +181,13 @@ impl DnsProvider {
         }
     }
 
-    /// One refresh. The resolver is built on the first one, so that a system configuration
-    /// that cannot be read is a source failure (retried) rather than a config error.
-    async fn look_up(&self, resolver: &mut Option<TokioResolver>) -> Result<Found, String> {
-        let resolver = match resolver {
-            Some(resolver) => resolver,
-            None => resolver.insert(self.resolver()?),
-        };
-        // A fresh answer every time: a cached one would hide a change until its TTL ran out.
-        resolver.clear_cache();
+    /// One refresh, with a new resolver: a cached answer would hide a change until its TTL
+    /// ran out. (A system configuration that cannot be read is a failure of this refresh.)
+    async fn look_up(&self) -> Result<Found, String> {
+        let resolver = self.resolver()?;
         match self.records {
             Records::Address { port } => {
-                let addresses = addresses(resolver, &self.query)
+                let addresses = addresses(&resolver, &self.query)
                     .await
                     .map_err(NoAddresses::into_message)?;
                 Ok(Found {
@@ -201,7 +195,7 @@ impl DnsProvider {
                     valid_until: addresses.valid_until,
                 })
             }
-            Records::Srv => self.services(resolver).await,
+            Records::Srv => self.services(&resolver).await,
         }
     }
 
