@@ -153,7 +153,8 @@ impl Load {
                             }
                             Err(error) => failures.push(error),
                         }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        // Steady rather than flat out: the other tests share the machine.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     (answered, failures)
                 })
@@ -211,6 +212,7 @@ async fn targets_follow_the_records_under_load_without_a_failed_request() {
     // Both families: an A and an AAAA record.
     wait_targets(&client, &gateway, WAIT, &[target(a), target(v6)]).await;
     let load = Load::start(&gateway, 4);
+    let load_started = Instant::now();
     wait_hits(&gateway, a, 20).await;
     wait_hits(&gateway, v6, 20).await;
 
@@ -238,6 +240,10 @@ async fn targets_follow_the_records_under_load_without_a_failed_request() {
         &failures[..failures.len().min(5)]
     );
     assert!(answered > 100, "only {answered} requests");
+    eprintln!(
+        "{answered} requests in {:?} while the targets changed, none failed",
+        load_started.elapsed()
+    );
 
     let app = app(&client, &gateway).await;
     let source = &app["source"];
