@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod discovery_consul;
+mod discovery_dns;
 mod discovery_etcd;
 mod first_party;
 mod forwarding;

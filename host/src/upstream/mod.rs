@@ -64,8 +64,10 @@ pub struct Upstream {
 /// An upstream's targets at one moment, with the balancer built for them.
 pub struct TargetSet {
     pub targets: Vec<Arc<Target>>,
-    /// Per target, when the source gives priorities that differ (SRV); `None` otherwise.
-    priorities: Option<Vec<u32>>,
+    /// Per target: 0 for listed targets, as the source says for discovered ones (SRV).
+    priorities: Vec<u32>,
+    /// Whether the priorities differ, so that picking must prefer the lowest.
+    prioritized: bool,
     balancer: Box<dyn Balancer>,
 }
 
@@ -77,23 +79,23 @@ impl TargetSet {
             BalanceKind::Random => Box::new(WeightedRandom),
             BalanceKind::HashHeader(_) => Box::new(ConsistentHash::new(&targets)),
         };
-        let priorities = priorities
-            .iter()
-            .any(|&p| p != priorities[0])
-            .then_some(priorities);
+        let prioritized = priorities.iter().any(|&p| p != priorities[0]);
         TargetSet {
             targets,
             priorities,
+            prioritized,
             balancer,
         }
     }
 
     /// The lowest priority among the targets `eligible` allows, when priorities differ.
     fn best_priority(&self, eligible: &dyn Fn(usize) -> bool) -> Option<u32> {
-        let priorities = self.priorities.as_ref()?;
+        if !self.prioritized {
+            return None;
+        }
         (0..self.targets.len())
             .filter(|&i| eligible(i))
-            .map(|i| priorities[i])
+            .map(|i| self.priorities[i])
             .min()
     }
 }
@@ -293,7 +295,6 @@ impl Upstream {
             .iter()
             .map(|target| (&*target.addr, target))
             .collect();
-        let old_priorities = current.priorities.as_deref();
         let mut change = TargetChange::default();
         let mut targets = Vec::with_capacity(endpoints.len());
         let mut priorities = Vec::with_capacity(endpoints.len());
@@ -311,7 +312,7 @@ impl Upstream {
                         .iter()
                         .position(|t| Arc::ptr_eq(t, existing))
                         .unwrap_or(0);
-                    let old_priority = old_priorities.map_or(0, |p| p[index]);
+                    let old_priority = current.priorities[index];
                     if existing.weight() != endpoint.weight.max(1)
                         || old_priority != endpoint.priority
                     {
@@ -362,14 +363,11 @@ impl Upstream {
         let available = |i: usize| set.targets[i].is_available(now);
         let pick_among = |eligible: &dyn Fn(usize) -> bool| match set.best_priority(eligible) {
             // Only the most preferred priority that has an eligible target.
-            Some(best) => {
-                let priorities = set.priorities.as_deref().unwrap_or_default();
-                set.balancer.pick(
-                    &set.targets,
-                    &|i| priorities[i] == best && eligible(i),
-                    &ctx,
-                )
-            }
+            Some(best) => set.balancer.pick(
+                &set.targets,
+                &|i| set.priorities[i] == best && eligible(i),
+                &ctx,
+            ),
             None => set.balancer.pick(&set.targets, eligible, &ctx),
         };
         pick_among(&|i| available(i) && !tried.contains(&i)).or_else(|| {
@@ -528,5 +526,29 @@ mod tests {
                 .is_empty()
         );
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_same_list_again_changes_nothing_whatever_its_priorities() {
+        let upstream = discovered();
+        for list in [
+            vec![
+                endpoint("10.0.0.1:80", 3, 10),
+                endpoint("10.0.0.2:80", 1, 10),
+            ],
+            vec![
+                endpoint("10.0.0.1:80", 3, 10),
+                endpoint("10.0.0.2:80", 1, 20),
+            ],
+        ] {
+            assert!(upstream.replace_targets(&list).changed());
+            let again = upstream.replace_targets(&list);
+            assert!(!again.changed(), "{list:?}: {again:?}");
+        }
+        let promoted = upstream.replace_targets(&[
+            endpoint("10.0.0.1:80", 3, 10),
+            endpoint("10.0.0.2:80", 1, 10),
+        ]);
+        assert!(promoted.reweighted, "a new priority is a change");
     }
 }

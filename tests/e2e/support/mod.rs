@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod consul;
+pub mod dnsmasq;
 pub mod etcd;
 pub mod gateway;
 pub mod redis;

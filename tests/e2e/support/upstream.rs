@@ -46,6 +46,17 @@ struct Shared {
     bodies: Arc<Mutex<Vec<Bytes>>>,
 }
 
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            behaviour: Arc::new(Mutex::new(Behaviour::Echo)),
+            hits: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            bodies: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
 pub struct TestUpstream {
     pub name: &'static str,
     pub addr: SocketAddr,
@@ -71,13 +82,14 @@ impl TestUpstream {
 
     async fn start_with(name: &'static str, h2_only: bool) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let shared = Shared {
-            behaviour: Arc::new(Mutex::new(Behaviour::Echo)),
-            hits: Arc::new(AtomicUsize::new(0)),
-            connections: Arc::new(AtomicUsize::new(0)),
-            bodies: Arc::new(Mutex::new(Vec::new())),
-        };
-        Self::serve(name, listener, h2_only, shared)
+        Self::serve(name, listener, h2_only, Shared::default())
+    }
+
+    /// An upstream on a chosen address, e.g. one port on several loopback addresses (127.0.0.2,
+    /// 127.0.0.3, ...) as the targets of one DNS name. Fails when the address is taken.
+    pub async fn start_at(name: &'static str, addr: SocketAddr) -> std::io::Result<TestUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::serve(name, listener, false, Shared::default()))
     }
 
     /// Starts again on the same address after [`TestUpstream::kill`], keeping behaviour and counters.

@@ -12,6 +12,7 @@
 //! [`Feed::stopped`] resolves then, and [`Feed::update`] returns false.
 
 mod consul;
+mod dns;
 mod etcd;
 
 use std::fmt::Display;
@@ -226,7 +227,7 @@ pub fn provider(
     }
     let config = config.get_ref();
     if let Some(dns) = &config.dns {
-        return not_yet(dns.span(), "dns");
+        return Ok(Arc::new(dns::DnsProvider::from_config(dns)?));
     }
     if let Some(etcd) = &config.etcd {
         return etcd::provider(etcd);
@@ -235,14 +236,4 @@ pub fn provider(
         return Ok(Arc::new(consul::Consul::from_config(consul)?));
     }
     unreachable!("exactly one source is set")
-}
-
-fn not_yet(
-    span: std::ops::Range<usize>,
-    kind: &str,
-) -> Result<Arc<dyn Provider>, (std::ops::Range<usize>, String)> {
-    Err((
-        span,
-        format!("{kind} discovery is not available in this build yet; list `targets` instead"),
-    ))
 }
