@@ -4,14 +4,12 @@
 //! coming back.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use parking_lot::Mutex;
 
 use crate::support::consul::{FakeConsul, Instance};
+use crate::support::load::Load;
 use crate::support::*;
 
 fn config(consul: &FakeConsul, discovery_extra: &str) -> String {
@@ -23,75 +21,6 @@ fn config(consul: &FakeConsul, discovery_extra: &str) -> String {
          [[routes]]\npath = \"/{{*rest}}\"\nupstream = \"users\"\n",
         consul.addr
     )
-}
-
-/// Clients sending GETs until stopped, counting answers by upstream and keeping failures.
-struct Load {
-    running: Arc<AtomicBool>,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gateway: &GatewayProcess, clients: usize) -> Load {
-        let running = Arc::new(AtomicBool::new(true));
-        let hits = Arc::new(Mutex::new(HashMap::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (running, hits, failures) = (running.clone(), hits.clone(), failures.clone());
-                let (client, url) = (HttpClient::http1(), gateway.url("/load"));
-                tokio::spawn(async move {
-                    while running.load(Ordering::Relaxed) {
-                        match client.try_send(Method::GET, &url, &[], "").await {
-                            Ok(reply) if reply.status == 200 => {
-                                *hits.lock().entry(reply.upstream()).or_default() += 1;
-                            }
-                            Ok(reply) => {
-                                failures
-                                    .lock()
-                                    .push(format!("{}: {}", reply.status, reply.text()))
-                            }
-                            Err(err) => failures.lock().push(err),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            running,
-            hits,
-            failures,
-            tasks,
-        }
-    }
-
-    fn hits(&self, upstream: &str) -> usize {
-        self.hits.lock().get(upstream).copied().unwrap_or(0)
-    }
-
-    /// Waits until `upstream` has been answering (`more` further hits than now).
-    async fn wait_for_traffic(&self, upstream: &str, more: usize) -> Duration {
-        let (start, before) = (Instant::now(), self.hits(upstream));
-        while self.hits(upstream) < before + more {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{upstream} got no traffic: {:?}",
-                self.hits.lock()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        start.elapsed()
-    }
-
-    async fn stop(self) -> Vec<String> {
-        self.running.store(false, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        self.failures.lock().clone()
-    }
 }
 
 async fn admin_json(gateway: &GatewayProcess, path: &str) -> serde_json::Value {
@@ -134,7 +63,7 @@ async fn targets_follow_the_catalog_under_load_by_blocking_queries() {
         vec![Instance::new(a.addr), Instance::new(b.addr).critical()],
     );
     let gateway = GatewayProcess::start(&config(&consul, ""));
-    let load = Load::start(&gateway, 4);
+    let load = Load::start(&gateway, "/load", 4);
     load.wait_for_traffic("a", 50).await;
     assert_eq!(load.hits("b"), 0, "a critical instance got traffic");
 
@@ -184,13 +113,7 @@ async fn targets_follow_the_catalog_under_load_by_blocking_queries() {
     );
     assert!(consul.blocking_queries() >= 3);
 
-    let failures = load.stop().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish().await;
     let text = metrics_text(&gateway).await;
     for line in [
         "wasmgate_discovery_source_up{upstream=\"users\"} 1",
@@ -240,7 +163,7 @@ async fn consul_going_away_keeps_the_last_list_and_its_return_applies_changes() 
     let mut consul = FakeConsul::start().await;
     consul.set("users", vec![Instance::new(a.addr)]);
     let gateway = GatewayProcess::start(&config(&consul, ""));
-    let load = Load::start(&gateway, 2);
+    let load = Load::start(&gateway, "/load", 2);
     load.wait_for_traffic("a", 20).await;
 
     consul.stop();
@@ -274,13 +197,7 @@ async fn consul_going_away_keeps_the_last_list_and_its_return_applies_changes() 
     // (A request or two already on its way to a may land after the switch.)
     assert!(load.hits("a") <= a_hits + 2);
 
-    let failures = load.stop().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish().await;
     assert!(
         gateway
             .stderr()

@@ -3,14 +3,12 @@
 //! requests.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::support::etcd::Etcd;
+use crate::support::load::Load;
 use crate::support::*;
 
 const PREFIX: &str = "/services/app/";
@@ -104,76 +102,6 @@ async fn wait_source_error(client: &HttpClient, gateway: &GatewayProcess, failin
 
 const SOURCE_UP: &str = "wasmgate_discovery_source_up{upstream=\"app\"}";
 
-/// Clients sending `GET /app` through the gateway until stopped (or two minutes pass), each
-/// request checked.
-struct Load {
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gateway: &GatewayProcess, clients: usize) -> Load {
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
-                let url = gateway.url("/app");
-                tokio::spawn(async move {
-                    let client = HttpClient::http1();
-                    let start = Instant::now();
-                    while !stop.load(Ordering::Relaxed)
-                        && start.elapsed() < Duration::from_secs(120)
-                    {
-                        match client.try_send(http::Method::GET, &url, &[], "").await {
-                            Ok(reply) if reply.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(reply) => {
-                                failures
-                                    .lock()
-                                    .push(format!("{}: {}", reply.status, reply.text()))
-                            }
-                            Err(error) => failures.lock().push(error),
-                        }
-                        // Steady traffic, leaving the two cores room for etcd and the test.
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            ok,
-            failures,
-            stop,
-            tasks,
-        }
-    }
-
-    fn ok(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the clients, checks that no request failed, and returns how many succeeded.
-    async fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock();
-        assert!(
-            failures.is_empty(),
-            "{} requests failed, the first ones: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        self.ok.load(Ordering::Relaxed)
-    }
-}
-
 /// Waits until `upstream` gets another request.
 async fn wait_hits(upstream: &TestUpstream) {
     let (start, before) = (Instant::now(), upstream.hits());
@@ -207,7 +135,7 @@ async fn etcd_targets_follow_puts_and_deletes_under_load() {
     let gateway = GatewayProcess::start(&config(&[down, etcd.endpoint()]));
     let client = HttpClient::http1();
     wait_targets(&client, &gateway, &[(a.addr, 1)]).await;
-    let load = Load::start(&gateway, 4);
+    let load = Load::start(&gateway, "/app", 4);
     wait_hits(&a).await;
 
     // Added: traffic reaches it within about a second of the put (etcdctl's own start
@@ -296,7 +224,7 @@ async fn etcd_outages_keep_the_last_list_and_miss_no_change() {
     let gateway = GatewayProcess::start(&config(&[etcd.endpoint()]));
     let client = HttpClient::http1();
     wait_targets(&client, &gateway, &[(a.addr, 1)]).await;
-    let load = Load::start(&gateway, 2);
+    let load = Load::start(&gateway, "/app", 2);
 
     // etcd dies: the last list keeps serving, and the gateway says the source is failing.
     etcd.stop();

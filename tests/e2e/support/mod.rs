@@ -5,6 +5,7 @@ pub mod consul;
 pub mod dnsmasq;
 pub mod etcd;
 pub mod gateway;
+pub mod load;
 pub mod redis;
 pub mod upstream;
 
