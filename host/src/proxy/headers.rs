@@ -115,20 +115,16 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
-    let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+    let mut value = Vec::with_capacity(48);
+    if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         // Several lines of X-Forwarded-For form one list (RFC 9110 5.3).
-        let mut value = Vec::new();
         for line in headers.get_all(&X_FORWARDED_FOR) {
             value.extend_from_slice(line.as_bytes());
             value.extend_from_slice(b", ");
         }
-        value.extend_from_slice(peer_text.as_bytes());
-        HeaderValue::from_bytes(&value).ok()
-    } else {
-        None
-    };
-    let forwarded_for = forwarded_for.or_else(|| HeaderValue::from_str(&peer_text).ok());
+    }
+    write_ip(&mut value, peer);
+    let forwarded_for = HeaderValue::from_bytes(&value).ok();
     if peer_trusted {
         // Several XFF lines are merged into the one value built above.
         headers.remove(&X_FORWARDED_FOR);
@@ -147,6 +143,25 @@ pub fn set_forwarded(
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
+        }
+    }
+}
+
+/// Writes `ip` as text. IPv4 by hand: `Display` goes through `core::fmt`, about 1.3k
+/// instructions per request for the `X-Forwarded-For` of every proxied request.
+pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
         }
     }
 }

@@ -265,21 +265,9 @@ pub fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
 
 /// Writes an IP address as a JSON string.
 pub fn json_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            out.push(b'"');
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                json_int(out, octet);
-            }
-            out.push(b'"');
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "\"{v6}\"");
-        }
-    }
+    out.push(b'"');
+    crate::proxy::headers::write_ip(out, ip);
+    out.push(b'"');
 }
 
 thread_local! {
