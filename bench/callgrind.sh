@@ -77,7 +77,9 @@ CG_CONTROL="$VG_DIR/callgrind_control"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
-WASMGATE="$ROOT/target/release/wasmgate"
+# the binary `cargo build --release` writes (CARGO_TARGET_DIR is honoured, so a shared target dir
+# does not leave the script running a stale binary)
+WASMGATE="$(cargo_target_dir)/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
 VARIANTS=("$@")

@@ -26,6 +26,15 @@ cleanup() {
     fi
 }
 
+# cargo's target directory: CARGO_TARGET_DIR when set (relative to ROOT, where the scripts run
+# cargo), else ROOT/target. The plugins are not under it: host/build.rs always puts them in
+# ROOT/target/wasm-plugins.
+cargo_target_dir() {
+    local d=${CARGO_TARGET_DIR:-target}
+    [[ "$d" == /* ]] || d="$ROOT/$d"
+    echo "$d"
+}
+
 # ---------------------------------------------------------------- ports
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -62,8 +62,10 @@ TARGETS=${TARGETS//,/ }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
-WASMGATE="$ROOT/target/release/wasmgate"
-SERVE="$ROOT/target/release/examples/serve"
+# the binary `cargo build --release` writes (CARGO_TARGET_DIR is honoured, so a shared target dir
+# does not leave the script running a stale binary)
+WASMGATE="$(cargo_target_dir)/release/wasmgate"
+SERVE="$(cargo_target_dir)/release/examples/serve"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 
 # ---------------------------------------------------------------- tools

@@ -88,7 +88,9 @@ TARGETS=${TARGETS//,/ }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
-WASMGATE="$ROOT/target/release/wasmgate"
+# the binary `cargo build --release` writes (CARGO_TARGET_DIR is honoured, so a shared target dir
+# does not leave the script running a stale binary)
+WASMGATE="$(cargo_target_dir)/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
 
 # the wasmgate targets' configs, tokens, wrk arguments and probes
