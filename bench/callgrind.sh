@@ -28,6 +28,8 @@
 #   jwt-rs256-nocache  jwt-rs256 with JWT_TOKENS (default 2000) distinct tokens in turn: an RS256
 #               signature check per request (slow under valgrind: expect few requests)
 #   headers     headers: request set from {client_ip} and {request_id}, response set + remove
+#   chain       jwt (jwt-hs256's, plus claims_to_context) + headers (headers') + a rate limit
+#               keyed on ctx:user_id, far above the load: the whole policy chain
 #
 # Environment:
 #   VALGRIND     valgrind binary (default: /opt/valgrind-bigas/bin/valgrind if present, else
@@ -81,7 +83,7 @@ source "$ROOT/bench/common.sh"
 # does not leave the script running a stale binary)
 WASMGATE="$(cargo_target_dir)/release/wasmgate"
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/target/wasm-plugins/wasm32-wasip2/release}
-ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
+ALL_VARIANTS="wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
 VARIANTS=("$@")
 ((${#VARIANTS[@]})) || read -r -a VARIANTS <<<"$ALL_VARIANTS"
 
@@ -103,8 +105,9 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found"
 for v in "${VARIANTS[@]}"; do
-    wasm=$(plugin_wasm "$v")
-    [[ -z "$wasm" || -f "$PLUGIN_DIR/$wasm" ]] || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
+    for wasm in $(plugin_wasm "$v"); do
+        [[ -f "$PLUGIN_DIR/$wasm" ]] || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
+    done
 done
 
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-callgrind.XXXXXX")}

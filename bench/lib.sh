@@ -19,11 +19,15 @@
 #                      most 256/N of the requests can hit (N >= 2000 keeps that under 13 %).
 #   headers            headers: request set x-client = {client_ip}, x-trace = {request_id};
 #                      response remove server, set x-served-by = wasmgate
+#   chain              the whole policy chain on one route: jwt-hs256's jwt (plus
+#                      claims_to_context sub -> user_id), then headers' headers config, and a
+#                      rate_limit keyed on ctx:user_id at 1,000,000/s (burst 1,000,000): far
+#                      above any load here, so it is checked on every request and never answers 429
 #   *-pr               (plugin1-pr, chain3-pr) the same with isolation = "per-request"
 #
 # Every target but the *-pr ones uses isolation = "pooled".
 
-BENCH_PLUGIN_TARGETS="plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
+BENCH_PLUGIN_TARGETS="plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
 JWT_TOKENS=${JWT_TOKENS:-2000}
 JWT_SECRET="wasmgate-bench-hs256-secret-0123456789"   # 38 bytes; the plugin wants >= 32
 JWT_ISSUER="wasmgate-bench"
@@ -33,16 +37,18 @@ JWT_EXP=4102444800                                      # 2100-01-01
 
 is_plugin_target() { [[ " $BENCH_PLUGIN_TARGETS " == *" $1 "* ]]; }
 is_wasmgate() { [[ "$1" == wasmgate ]] || is_plugin_target "$1"; }
-is_jwt() { [[ "$1" == jwt-* ]]; }
+# the targets whose requests need a jwt token
+is_jwt() { [[ "$1" == jwt-* || "$1" == chain ]]; }
 # how many plugins a target chains (for the "per plugin" column)
-plugin_count() { case "$1" in chain3*) echo 3 ;; *) echo 1 ;; esac; }
-# the .wasm file a target needs in PLUGIN_DIR
+plugin_count() { case "$1" in chain3*) echo 3 ;; chain) echo 2 ;; *) echo 1 ;; esac; }
+# the .wasm files a target needs in PLUGIN_DIR (space-separated)
 plugin_wasm() {
     case "$1" in
         plugin1*) echo first_plugin.wasm ;;
         chain3*) echo test_plugins.wasm ;;
         jwt-*) echo jwt.wasm ;;
         headers) echo headers.wasm ;;
+        chain) echo jwt.wasm headers.wasm ;;
     esac
 }
 
@@ -59,6 +65,7 @@ label_of() {
         jwt-rs256) echo "wasmgate +jwt RS256" ;;
         jwt-rs256-nocache) echo "wasmgate +jwt RS256 miss" ;;
         headers) echo "wasmgate +headers" ;;
+        chain) echo "wasmgate jwt+hdrs+limit" ;;
     esac
 }
 
@@ -78,8 +85,11 @@ plugins_toml() {
             "$PLUGIN_DIR/jwt.wasm" "$isolation" ;;
         headers) printf '[plugins.headers]\npath = "%s"\nisolation = "%s"\n' \
             "$PLUGIN_DIR/headers.wasm" "$isolation" ;;
+        chain) printf '[plugins.jwt]\npath = "%s"\nisolation = "%s"\n\n[plugins.headers]\npath = "%s"\nisolation = "%s"\n' \
+            "$PLUGIN_DIR/jwt.wasm" "$isolation" "$PLUGIN_DIR/headers.wasm" "$isolation" ;;
     esac
 }
+HEADERS_CONFIG='request = { set = { x-client = "{client_ip}", x-trace = "{request_id}" } }, response = { remove = ["server"], set = { x-served-by = "wasmgate" } }'
 route_plugins() {
     local tag='{ use = "t", config = { mode = "tag", name = "%s" } }'
     case "$1" in
@@ -90,7 +100,13 @@ route_plugins() {
         # the JWKS is written next to gateway.toml; @file: paths are relative to the config file
         jwt-rs256*) printf 'plugins = [{ use = "jwt", config = { algorithms = ["RS256"], jwks = "@file:jwks.json", issuer = "%s", claims_to_headers = { sub = "x-user-id" } } }]\n' \
             "$JWT_ISSUER" ;;
-        headers) echo 'plugins = [{ use = "headers", config = { request = { set = { x-client = "{client_ip}", x-trace = "{request_id}" } }, response = { remove = ["server"], set = { x-served-by = "wasmgate" } } } }]' ;;
+        headers) echo "plugins = [{ use = \"headers\", config = { $HEADERS_CONFIG } }]" ;;
+        # the limit keys on the user the jwt plugin found, so it runs after the plugins' request
+        # phase (docs/config.md, Rate limits); all of wrk's requests carry one user: one bucket
+        chain)
+            echo 'rate_limit = { rate = "1000000/s", burst = 1000000, key = "ctx:user_id" }'
+            printf 'plugins = [{ use = "jwt", config = { algorithms = ["HS256"], secret = "%s", issuer = "%s", claims_to_headers = { sub = "x-user-id" }, claims_to_context = { sub = "user_id" } } }, { use = "headers", config = { %s } }]\n' \
+                "$JWT_SECRET" "$JWT_ISSUER" "$HEADERS_CONFIG" ;;
     esac
 }
 # a response header that proves the plugins ran: first_plugin sets x-hello; in the tag chain,
@@ -100,7 +116,7 @@ probe_header() {
     case "$1" in
         plugin1*) echo "x-hello: world" ;;
         chain3*) echo "x-ctx-a: yes" ;;
-        headers) echo "x-served-by: wasmgate" ;;
+        headers | chain) echo "x-served-by: wasmgate" ;;
     esac
 }
 
@@ -201,7 +217,7 @@ prepare_target() { # target dir -> the files the target's config and load need, 
         jwt-*) command -v openssl >/dev/null 2>&1 || die "$t needs openssl (apt-get install -y openssl)" ;;
     esac
     case "$t" in
-        jwt-hs256) jwt_token HS256 "$(jwt_payload)" >"$dir/token" || die "$t: making the token failed" ;;
+        jwt-hs256 | chain) jwt_token HS256 "$(jwt_payload)" >"$dir/token" || die "$t: making the token failed" ;;
         jwt-rs256*)
             [[ -f "$JWT_RSA_KEY" ]] || die "$JWT_RSA_KEY not found"
             jwks_json >"$dir/jwks.json" || die "$t: making the JWKS failed"
@@ -225,7 +241,7 @@ auth_header() {
 wrk_args() {
     case "$1" in
         jwt-rs256-nocache) printf '%s\n' -s "$2/tokens.lua" ;;
-        jwt-*) printf '%s\n' -H "$(auth_header "$1" "$2")" ;;
+        jwt-* | chain) printf '%s\n' -H "$(auth_header "$1" "$2")" ;;
     esac
 }
 
@@ -233,11 +249,21 @@ wrk_args() {
 # prints what it saw and returns 1
 probe_target() {
     local t=$1 dir=$2 url=$3 timeout=$4 probe code tok sig c
+    local auth=()
+    # grep without -q below: it reads all of its input, so no SIGPIPE fails the pipeline (pipefail)
+    is_jwt "$t" && auth=(-H "$(auth_header "$t" "$dir")")
     probe=$(probe_header "$t")
-    if [[ -n "$probe" ]]; then
-        curl -s -m "$timeout" -D - -o /dev/null "$url" | tr -d '\r' | grep -qix "$probe" && return 0
+    if [[ -n "$probe" ]] \
+        && ! curl -s -m "$timeout" -D - -o /dev/null "${auth[@]}" "$url" | tr -d '\r' | grep -ix "$probe" >/dev/null; then
         echo "no '$probe' in the response:" >&2
-        curl -s -m "$timeout" -D - "$url" >&2
+        curl -s -m "$timeout" -D - "${auth[@]}" "$url" >&2
+        return 1
+    fi
+    # chain: the rate limit is checked (its policy header is on every response of the route)
+    if [[ "$t" == chain ]] \
+        && ! curl -s -m "$timeout" -D - -o /dev/null "${auth[@]}" "$url" | tr -d '\r' | grep -i '^ratelimit-policy: ' >/dev/null; then
+        echo "no RateLimit-Policy header in the response:" >&2
+        curl -s -m "$timeout" -D - "${auth[@]}" "$url" >&2
         return 1
     fi
     if is_jwt "$t"; then

@@ -34,6 +34,10 @@
 #                              tokens in turn (bench/jwt-tokens.lua): the cost of a cache miss
 #                  headers     wasmgate + headers (plugins/headers): request set with
 #                              {client_ip} and {request_id}, response set + remove
+#                  chain       wasmgate + the whole policy chain on one route: jwt as in jwt-hs256
+#                              (plus claims_to_context sub -> user_id), headers as in headers,
+#                              and rate_limit keyed on ctx:user_id at 1,000,000/s, burst
+#                              1,000,000 (checked on every request, never reached)
 #                All the plugin targets but the *-pr ones are pooled; bench/lib.sh has their
 #                configs. NOTE: the jwt plugin remembers up to 256 verified tokens per instance
 #                (plugins/jwt/src/cache.rs), so jwt-hs256 and jwt-rs256, which send one token,
@@ -81,7 +85,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-0}
 PAUSE_IDLE=${PAUSE_IDLE:-1}
-ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers"
+ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 TARGETS=${TARGETS//,/ }
 
@@ -152,9 +156,9 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found (build it or unset SKIP_BUILD)"
 for t in "${PROXIES[@]}"; do
-    wasm=$(plugin_wasm "$t")
-    [[ -z "$wasm" || -f "$PLUGIN_DIR/$wasm" ]] \
-        || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
+    for wasm in $(plugin_wasm "$t"); do
+        [[ -f "$PLUGIN_DIR/$wasm" ]] || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
+    done
 done
 BUILD_INFO=$(build_info "$WASMGATE")
 
@@ -469,13 +473,16 @@ selected jwt-rs256-nocache && {
     echo "+jwt RS256 miss: jwt-rs256's config with $JWT_TOKENS distinct tokens in turn: RS256 signature"
     echo "    checks (at most 256/$JWT_TOKENS of the requests per instance can hit the cache)."; }
 selected headers && echo "+headers: the headers plugin, 2 request headers set from templates, 1 response header set, 1 removed."
+selected chain && {
+    echo "jwt+hdrs+limit: jwt (HS256, one token: cached path) + headers (as +headers) + a rate limit on"
+    echo "    ctx:user_id far above the load (checked on every request, never answers 429)."; }
 
 # ---------------------------------------------------------------- plugin cost
 plugin_targets=()
 for t in "${PROXIES[@]}"; do is_plugin_target "$t" && plugin_targets+=("$t"); done
 if selected wasmgate && ((${#plugin_targets[@]})); then
     echo
-    echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / 1 or / 3)."
+    echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / 1, 2 or 3 plugins; chain: the rate limit counts in its 2)."
     echo
     printf '| %-5s | %-24s | %10s | %10s | %10s |\n' round target "cpu us/req" "- wasmgate" "per plugin"
     printf '|%s|%s|%s|%s|%s|\n' ------- -------------------------- -----------: -----------: -----------:
