@@ -5,7 +5,9 @@
 # This is a benchmark, not a test: it exits non-zero only when something fails to build or start
 # (or a plugin shows no effect on a probe request), never because of the numbers.
 #
-#   bench/proxy.sh                         # defaults: DURATION=10s CONNECTIONS=50 THREADS=1 ROUNDS=2
+#   bench/proxy.sh                         # issue 9: upstream nginx envoy envoy-wasm wasmgate plugin1 chain
+#                                          # defaults: DURATION=10s CONNECTIONS=50 THREADS=1 ROUNDS=2
+#   TARGETS=all bench/proxy.sh             # every target below
 #   DURATION=30s CONNECTIONS=100 bench/proxy.sh
 #   TARGETS="wasmgate plugin1" ROUNDS=3 bench/proxy.sh    # only bare wasmgate vs one pooled plugin
 #   TARGETS="upstream nginx wasmgate" bench/proxy.sh       # the original nginx comparison
@@ -17,7 +19,8 @@
 #   THREADS      wrk threads                              (default 1)
 #   ROUNDS       alternating rounds over the targets      (default 2)
 #   TARGETS      space- or comma-separated subset of the targets below, measured in this order
-#                within each round (default: all). The upstream always runs (the proxies need
+#                within each round (default: the issue 9 set above; "all" = every target). The
+#                upstream always runs (the proxies need
 #                it); it is only measured, once before the rounds, when "upstream" is listed.
 #                  upstream    the upstream nginx loaded directly
 #                  nginx       nginx reverse proxy
@@ -98,8 +101,11 @@ KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-0}
 PAUSE_IDLE=${PAUSE_IDLE:-1}
 ALL_TARGETS="upstream nginx envoy envoy-wasm wasmgate plugin1 plugin1-pr chain3 chain3-pr jwt-hs256 jwt-rs256 jwt-rs256-nocache headers chain"
-TARGETS=${TARGETS:-$ALL_TARGETS}
+# issue 9's table: the three proxies bare, each with one header plugin/filter, and the chain
+DEFAULT_TARGETS="upstream nginx envoy envoy-wasm wasmgate plugin1 chain"
+TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 TARGETS=${TARGETS//,/ }
+[[ "$TARGETS" == all ]] && TARGETS=$ALL_TARGETS
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -633,10 +639,11 @@ printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
     round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------------- ----------: \
     ---------: ---------: -----------: ---------: -------: --------:
-declare -A CPU_OF
+declare -A CPU_OF RSS_OF
 for row in "${RESULTS[@]}"; do
     IFS='|' read -r round target rps p50 p99 cpu rss errs other <<<"$row"
     CPU_OF[$round.$target]=$cpu
+    RSS_OF[$round.$target]=$rss
     printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
         "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
 done
@@ -664,7 +671,7 @@ plugin_targets=()
 for t in "${PROXIES[@]}"; do is_plugin_target "$t" && plugin_targets+=("$t"); done
 if selected wasmgate && ((${#plugin_targets[@]})); then
     echo
-    echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / 1, 2 or 3 plugins; chain: the rate limit counts in its 2)."
+    echo "Plugin cost: cpu us/req minus plain wasmgate's in the same round (per plugin: / the plugins in the chain; chain: / 2, its rate limit included)."
     echo
     printf '| %-5s | %-24s | %10s | %10s | %10s |\n' round target "cpu us/req" "- wasmgate" "per plugin"
     printf '|%s|%s|%s|%s|%s|\n' ------- -------------------------- -----------: -----------: -----------:
@@ -692,5 +699,53 @@ if selected wasmgate && ((${#plugin_targets[@]})); then
             "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" 'BEGIN {printf "%.2f", s / c}')" \
             "$(awk -v s="${SUM[$t]}" -v c="${CNT[$t]}" -v n="$n" 'BEGIN {printf "%.2f", s / c / n}')"
     done
+fi
+
+# ---------------------------------------------------------------- issue 9 summary
+# The comparisons issue 9 asks about, from this run's rows: means over the rounds of cpu us/req
+# ("-" when a target was not measured or failed). Numbers only; nothing here sets the exit code.
+mean_cpu() { # target -> mean cpu us/req over the rounds it has, or -
+    local r vals=()
+    for r in $(seq "$ROUNDS"); do
+        [[ -n "${CPU_OF[$r.$1]:-}" && "${CPU_OF[$r.$1]}" != - ]] && vals+=("${CPU_OF[$r.$1]}")
+    done
+    ((${#vals[@]})) || { echo -; return 0; }
+    printf '%s\n' "${vals[@]}" | awk '{s += $1} END {printf "%.2f", s / NR}'
+}
+last_rss() { # target -> rss MiB after its last round, or -
+    local r v=-
+    for r in $(seq "$ROUNDS"); do
+        [[ -n "${RSS_OF[$r.$1]:-}" ]] && v=${RSS_OF[$r.$1]}
+    done
+    echo "$v"
+}
+calc() { # awk-expression a b -> its value with 2 decimals, or - when an operand is -
+    [[ "$2" == - || "$3" == - ]] && { echo -; return 0; }
+    awk -v a="$2" -v b="$3" "BEGIN { printf \"%.2f\", $1 }"
+}
+ratio() { # a b -> a / b, or - (an operand missing, or b is 0)
+    [[ "$2" == - ]] || awk -v b="$2" 'BEGIN { exit !(b > 0) }' || { echo -; return 0; }
+    calc 'a / b' "$1" "$2"
+}
+# the one-header-plugin row to hold against envoy-wasm: plugin1 (first_plugin: the same work as
+# bench/envoy-filter); headers when only that was measured
+ONE=plugin1
+! selected plugin1 && selected headers && ONE=headers
+if selected wasmgate || selected "$ONE" || selected envoy-wasm; then
+    ngx=$(mean_cpu nginx); wg=$(mean_cpu wasmgate); one=$(mean_cpu "$ONE"); ew=$(mean_cpu envoy-wasm)
+    ngx125=$(calc 'a * b' "$ngx" 1.25); ew3=$(calc 'a / b' "$ew" 3)
+    echo
+    echo "Summary (this run; cpu us/req as means over $ROUNDS round(s); numbers only, no verdict):"
+    printf '  %-44s %8s us/req   nginx proxy %8s   ratio %s\n' "wasmgate, no plugins" "$wg" "$ngx" "$(ratio "$wg" "$ngx")"
+    printf '  %-44s %8s us/req\n' "$(label_of "$ONE") ($ONE)" "$one"
+    printf '  %-44s %8s us/req   ratio %s\n' "    vs 1.25 x nginx proxy" "$ngx125" "$(ratio "$one" "$ngx125")"
+    printf '  %-44s %8s us/req   ratio %s   (envoy + wasm filter: %s)\n' "    vs envoy + wasm filter / 3" "$ew3" \
+        "$(ratio "$one" "$ew3")" "$ew"
+    rss_line=""
+    for t in nginx envoy envoy-wasm wasmgate "$ONE" chain; do
+        selected "$t" && rss_line="${rss_line:+$rss_line, }$(label_of "$t") $(last_rss "$t")"
+    done
+    echo "  rss MiB after the last round: ${rss_line:-none}"
+    echo "  (ratio = the row's cpu us/req / the reference; below 1 = less CPU per request than the reference)"
 fi
 exit 0
