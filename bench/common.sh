@@ -10,14 +10,16 @@ selected() { [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
 
 cleanup() {
     local pid
+    # "|| true": the scripts may run with set -e, and a process that is already gone must not
+    # end the clean-up of the others
     for pid in "${PIDS[@]}"; do
-        kill -CONT "$pid" 2>/dev/null   # a paused (stopped) process would not act on TERM
-        kill -TERM "$pid" 2>/dev/null
+        kill -CONT "$pid" 2>/dev/null || true   # a paused (stopped) process would not act on TERM
+        kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     done
     if [[ "$KEEP_TMP" == 1 ]]; then
         say "kept $TMP"

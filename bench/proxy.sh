@@ -89,7 +89,10 @@
 #
 # Instructions per request (repeatable, unlike CPU time on a VM): bench/callgrind.sh.
 
-set -uo pipefail
+# -e: a failing step ends the run (the ERR trap says where) rather than measuring a broken setup;
+# -E: that trap also fires inside functions and subshells
+set -Eeuo pipefail
+trap 'rc=$?; printf "error: %s: line %s: \`%s\` exited with %s\n" "$0" "$LINENO" "$BASH_COMMAND" "$rc" >&2' ERR
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -248,7 +251,7 @@ if ((uses_envoy)); then
     else
         fetch_envoy
     fi
-    ENVOY_INFO=$("$ENVOY" --version 2>/dev/null | awk 'NF {print $NF; exit}')
+    ENVOY_INFO=$("$ENVOY" --version 2>/dev/null | awk 'NF {print $NF; exit}') || true
     [[ -n "$ENVOY_INFO" ]] || die "$ENVOY --version failed"
     say "envoy: $ENVOY ($ENVOY_INFO)"
 fi
@@ -485,7 +488,7 @@ start_envoy() { # target -> sets PID_OF[target]
         cat "$dir/stderr.log" >&2
         die "$t: no 'x-hello: world' in the response (see above): the wasm filter did not run"
     fi
-    code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H 'x-block: 1' "http://127.0.0.1:$port/")
+    code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H 'x-block: 1' "http://127.0.0.1:$port/") || true
     [[ "$code" == 403 ]] || { cat "$dir/stderr.log" >&2; die "$t: a request with x-block: 1 got $code, not 403"; }
 }
 
@@ -498,9 +501,10 @@ focus() { # target
     ((PAUSE_IDLE)) || return 0
     local t
     for t in "${!PID_OF[@]}"; do
-        [[ "$t" == "$1" ]] || kill -STOP "${PID_OF[$t]}" 2>/dev/null
+        # a process that died is reported by run_wrk (kill -0), not here
+        [[ "$t" == "$1" ]] || kill -STOP "${PID_OF[$t]}" 2>/dev/null || true
     done
-    if [[ -n "${PID_OF[$1]:-}" ]]; then kill -CONT "${PID_OF[$1]}" 2>/dev/null; sleep 0.2; fi
+    if [[ -n "${PID_OF[$1]:-}" ]]; then kill -CONT "${PID_OF[$1]}" 2>/dev/null || true; sleep 0.2; fi
     return 0
 }
 
@@ -547,7 +551,7 @@ run_wrk() { # target round
     m0=$(machine_busy); t0=$(date +%s.%N); ours0=$(ticks $ours)
     before=$(ticks $pids)
     { TIMEFORMAT='%3U %3S'; time "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
-        --latency "${EXTRA[@]}" "$url" >"$TMP/wrk-$target-$round.txt" 2>&1; } 2>"$TMP/time-$target-$round.txt"
+        --latency "${EXTRA[@]}" "$url" >"$TMP/wrk-$target-$round.txt" 2>&1 || true; } 2>"$TMP/time-$target-$round.txt"
     after=$(ticks $pids)
     ours1=$(ticks $ours); t1=$(date +%s.%N); m1=$(machine_busy)
     out=$(<"$TMP/wrk-$target-$round.txt")
@@ -601,7 +605,8 @@ if [[ "$WARMUP" != 0 ]]; then
     for target in "${SELECTED[@]}"; do
         focus "$target"
         wrk_extra "$target"
-        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${EXTRA[@]}" "$(url_of "$target")" >/dev/null 2>&1
+        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${EXTRA[@]}" "$(url_of "$target")" >/dev/null 2>&1 \
+            || say "warm-up against $target failed (the measured runs will show how)"
     done
 fi
 
@@ -617,7 +622,7 @@ BUSY_AFTER=$(busy_pct)
 
 # every proxy logged every request? Resume the paused proxies first, and give Envoy's file
 # logger (a flush about once a second) time to write its buffer.
-for t in "${!PID_OF[@]}"; do kill -CONT "${PID_OF[$t]}" 2>/dev/null; done
+for t in "${!PID_OF[@]}"; do kill -CONT "${PID_OF[$t]}" 2>/dev/null || true; done
 ((uses_envoy)) && sleep 1.5
 log_lines=""
 selected nginx && log_lines="nginx $(wc -l <"$TMP/nginx/logs/access.log" 2>/dev/null || echo 0)"
