@@ -70,10 +70,11 @@
 #   KEEP_TMP     1 = keep the temp dir (configs, logs)    (default 0)
 #   IDLE_WAIT    seconds to wait for the machine to go quiet before measuring (default 0)
 #
-# Every wasmgate variant is its own process with its own config and port (workers = 1, one
+# Every wasmgate variant (and each Envoy) is its own process with its own config and port (workers = 1, one
 # route "/{*rest}"), so its CPU per request is attributable. Runtime is about
 # (1 + ROUNDS x number of proxy targets) x (DURATION + ~1 s) plus one WARMUP per target:
-# about 4.5 minutes with the defaults (all targets; making jwt-rs256-nocache's tokens takes ~16 s).
+# about 3 minutes with the defaults, about 6 with TARGETS=all (making jwt-rs256-nocache's tokens
+# takes ~16 s).
 #
 # Layout: with 2+ cores the proxy under test is pinned to core 0, wrk and the upstream to
 # core 1 (taskset). With one core nothing is pinned and the numbers are only indicative.
@@ -667,6 +668,10 @@ selected jwt-rs256-nocache && {
     echo "+jwt RS256 miss: jwt-rs256's config with $JWT_TOKENS distinct tokens in turn: RS256 signature"
     echo "    checks (at most 256/$JWT_TOKENS of the requests per instance can hit the cache)."; }
 selected headers && echo "+headers: the headers plugin, 2 request headers set from templates, 1 response header set, 1 removed."
+selected envoy && echo "envoy proxy: Envoy (version above), --concurrency 1, static bootstrap, file access log (flushed ~1/s)."
+selected envoy-wasm && {
+    echo "envoy + wasm filter: the same + bench/envoy-filter (proxy-wasm, V8): first_plugin's work (reads"
+    echo "    x-block, sets x-hello), so it compares with +1 pooled."; }
 selected chain && {
     echo "jwt+hdrs+limit: jwt (HS256, one token: cached path) + headers (as +headers) + a rate limit on"
     echo "    ctx:user_id far above the load (checked on every request, never answers 429)."; }
