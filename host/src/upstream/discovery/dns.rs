@@ -5,8 +5,9 @@
 //! The provider asks again every `refresh`, or when the answer's TTL runs out if that is
 //! sooner. It asks the name servers each time: every refresh has a new resolver, with an empty
 //! cache, so a changed record shows on the next one even when its TTL is longer than `refresh`
-//! (and changes to /etc/resolv.conf and /etc/hosts apply too). An answer without a usable target (NXDOMAIN, no records, only SRV targets
-//! without addresses) counts as a failure like a timeout does: the last list keeps serving.
+//! (and changes to /etc/resolv.conf and /etc/hosts apply too). An answer without a usable
+//! target (NXDOMAIN, no records, only SRV targets without addresses) counts as a failure like a
+//! timeout does: the last list keeps serving.
 
 use std::collections::HashMap;
 use std::fmt::Display;
