@@ -41,9 +41,13 @@ cargo_target_dir() {
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
-    local p
+    # Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default):
+    # a port in it can be taken by any outgoing connection (wrk's, the proxies' to the upstream)
+    # between this check and the server's bind, which failed a run with "Address already in use".
+    local p low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (low - 10000)))
         [[ " $USED_PORTS " == *" $p "* ]] && continue
         port_in_use "$p" && continue
         USED_PORTS="$USED_PORTS $p"
