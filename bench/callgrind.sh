@@ -127,17 +127,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
-        port_in_use "$p" || { echo "$p"; return; }
-    done
-    die "no free port"
-}
+USED_PORTS=""
 
 # ---------------------------------------------------------------- upstream nginx
-UP_PORT=$(free_port)
+pick_port; UP_PORT=$PORT
 mkdir -p "$OUT/upstream/logs" "$OUT/upstream/tmp"
 cat >"$OUT/upstream/nginx.conf" <<EOF
 daemon off;
@@ -182,7 +175,7 @@ for v in "${VARIANTS[@]}"; do
     dir="$OUT/$v"
     mkdir -p "$dir"
     rm -f "$dir"/callgrind.out*
-    port=$(free_port)
+    pick_port; port=$PORT
     prepare_target "$v" "$dir"
     extra=()
     mapfile -t extra < <(wrk_args "$v" "$dir")
@@ -192,12 +185,8 @@ for v in "${VARIANTS[@]}"; do
         "$WASMGATE" run -c "$dir/gateway.toml" >"$dir/access.log" 2>"$dir/stderr.log" &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1200); do # up to 2 min: plugins are compiled at start-up, slowly under valgrind
-        grep -q "listening on http://" "$dir/stderr.log" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if ! grep -q "listening on http://" "$dir/stderr.log"; then
+    # up to 2 min: plugins are compiled at start-up, slowly under valgrind
+    if ! wait_for_line "$dir/stderr.log" "listening on http://" "$pid" 1200; then
         cat "$dir/stderr.log" >&2
         grep -q "failed to create memory pool mapping" "$dir/stderr.log" \
             && say "this valgrind ($VALGRIND) cannot host wasmtime's pooling allocator: see the top of $0"

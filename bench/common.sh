@@ -57,6 +57,17 @@ pick_port() { # -> sets PORT (no subshell, so USED_PORTS is remembered)
     die "no free port found"
 }
 
+wait_for_line() { # file pattern pid tries -> 0 once file has a line matching pattern; 1 when
+    # pid has exited or tries (0.1 s apart) ran out first
+    local file=$1 pattern=$2 pid=$3 tries=$4
+    for _ in $(seq "$tries"); do
+        grep -q "$pattern" "$file" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "$pattern" "$file" 2>/dev/null
+}
+
 ticks() { # pids... -> utime+stime summed (clock ticks)
     local total=0 pid rest
     for pid in "$@"; do

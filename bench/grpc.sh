@@ -162,16 +162,13 @@ say "starting demo.v1.Items (tonic, h2c) on 127.0.0.1:$UP_PORT"
 "${LOAD_PIN[@]}" "$SERVE" "127.0.0.1:$UP_PORT" "$TMP/api.pb" >"$TMP/upstream.log" 2>&1 &
 UP_PID=$!
 PIDS+=("$UP_PID")
-for _ in $(seq 100); do
-    grep -q "^listening on" "$TMP/upstream.log" 2>/dev/null && break
-    kill -0 "$UP_PID" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "^listening on" "$TMP/upstream.log" || { cat "$TMP/upstream.log" >&2; die "the upstream did not start"; }
+wait_for_line "$TMP/upstream.log" "^listening on" "$UP_PID" 100 \
+    || { cat "$TMP/upstream.log" >&2; die "the upstream did not start"; }
 
 # ---------------------------------------------------------------- gateways
 gateway_toml() { # transcode|plain port
-    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n\n' "$2"
+    # admin off: the admin API's default port would be taken by the first gateway only
+    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin = "off"\nworkers = 1\n\n' "$2"
     printf '[upstreams.items]\ntargets = [{ addr = "127.0.0.1:%s" }]\nprotocol = "h2c"\n\n' "$UP_PORT"
     [[ "$1" == transcode ]] && printf '[plugins.grpc]\npath = "%s"\n\n' "$PLUGIN_DIR/grpc_transcode.wasm"
     printf '[[routes]]\npath = "/{*rest}"\nupstream = "items"\n'
@@ -189,12 +186,7 @@ start_gateway() { # transcode|plain
     GW_PID[$g]=$pid
     PIDS+=("$pid")
     # the plugin is compiled at start-up: allow up to 60 s
-    for _ in $(seq 600); do
-        grep -q "listening on http://" "$dir/stderr.log" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q "listening on http://" "$dir/stderr.log" \
+    wait_for_line "$dir/stderr.log" "listening on http://" "$pid" 600 \
         || { cat "$dir/gateway.toml" "$dir/stderr.log" >&2; die "wasmgate ($g) did not start"; }
 }
 need_transcode=0; need_plain=0

@@ -123,7 +123,8 @@ probe_header() {
 }
 
 gateway_toml() { # target port upstream-port -> the whole config (workers = 1, one route)
-    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n\n' "$2"
+    # admin off: the admin API's default port would be taken by the first gateway only
+    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin = "off"\nworkers = 1\n\n' "$2"
     printf '[upstreams.backend]\ntargets = [{ addr = "127.0.0.1:%s" }]\n\n' "$3"
     plugins_toml "$1"
     printf '\n[[routes]]\npath = "/{*rest}"\nupstream = "backend"\n'

@@ -373,12 +373,8 @@ start_wasmgate() { # target -> sets PID_OF[target]
     pid=$!
     PID_OF[$t]=$pid
     PIDS+=("$pid")
-    # plugins are compiled at start-up: allow up to 60 s
-    for _ in $(seq 600); do
-        grep -q "listening on http://" "$dir/stderr.log" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
+    # plugins are compiled at start-up: allow up to 60 s (wait_http below judges the outcome)
+    wait_for_line "$dir/stderr.log" "listening on http://" "$pid" 600 || true
     wait_http "http://127.0.0.1:$port/" "$t" "$pid" "$(auth_header "$t" "$dir")" || {
         cat "$dir/gateway.toml" "$dir/stderr.log" >&2; die "$t did not start"; }
     probe_target "$t" "$dir" "http://127.0.0.1:$port/" 5 || {
