@@ -143,24 +143,18 @@ fn upstreams(snapshot: &Snapshot) -> Value {
 /// The active snapshot's targets, for the metrics' health and ejection gauges.
 fn target_states(snapshot: &Snapshot) -> Vec<TargetState> {
     let now = clock_ms();
-    snapshot
-        .upstreams
-        .values()
-        .flat_map(|upstream| {
-            let set = upstream.targets();
-            (0..set.targets.len())
-                .map(|i| {
-                    let target = &set.targets[i];
-                    TargetState {
-                        upstream: upstream.name.clone(),
-                        target: target.addr.clone(),
-                        healthy: target.is_healthy(),
-                        ejected: target.is_ejected(now),
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for upstream in snapshot.upstreams.values() {
+        for target in &upstream.targets().targets {
+            rows.push(TargetState {
+                upstream: upstream.name.clone(),
+                target: target.addr.clone(),
+                healthy: target.is_healthy(),
+                ejected: target.is_ejected(now),
+            });
+        }
+    }
+    rows
 }
 
 fn config_status(reloader: &Reloader) -> Value {

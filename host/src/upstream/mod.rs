@@ -13,7 +13,7 @@ mod outlier;
 mod target;
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -290,31 +290,26 @@ impl Upstream {
     /// [`Target`]: its health, ejection state, in-flight count and pooled connections.
     pub fn replace_targets(&self, endpoints: &[discovery::Endpoint]) -> TargetChange {
         let current = self.targets();
-        let mut kept: HashMap<&str, &Arc<Target>> = current
+        // Index in the current set of every address not yet taken over.
+        let mut kept: HashMap<&str, usize> = current
             .targets
             .iter()
-            .map(|target| (&*target.addr, target))
+            .enumerate()
+            .map(|(index, target)| (&*target.addr, index))
             .collect();
+        let mut listed = HashSet::with_capacity(endpoints.len());
         let mut change = TargetChange::default();
         let mut targets = Vec::with_capacity(endpoints.len());
         let mut priorities = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            if targets
-                .iter()
-                .any(|t: &Arc<Target>| *t.addr == *endpoint.addr)
-            {
+            if !listed.insert(endpoint.addr.as_str()) {
                 continue; // listed twice: the first one counts
             }
             let target = match kept.remove(endpoint.addr.as_str()) {
-                Some(existing) => {
-                    let index = current
-                        .targets
-                        .iter()
-                        .position(|t| Arc::ptr_eq(t, existing))
-                        .unwrap_or(0);
-                    let old_priority = current.priorities[index];
+                Some(index) => {
+                    let existing = &current.targets[index];
                     if existing.weight() != endpoint.weight.max(1)
-                        || old_priority != endpoint.priority
+                        || current.priorities[index] != endpoint.priority
                     {
                         change.reweighted = true;
                     }
