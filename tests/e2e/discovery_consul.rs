@@ -30,26 +30,6 @@ async fn admin_json(gateway: &GatewayProcess, path: &str) -> serde_json::Value {
         .json()
 }
 
-async fn metrics_text(gateway: &GatewayProcess) -> String {
-    HttpClient::http1()
-        .send(Method::GET, &gateway.admin_url("/metrics"), &[], "")
-        .await
-        .text()
-}
-
-/// Waits until the scrape has `line`.
-async fn wait_for_metric(gateway: &GatewayProcess, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics_text(gateway).await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no `{line}` in\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn targets_follow_the_catalog_under_load_by_blocking_queries() {
     let (a, b, c) = (
@@ -114,13 +94,12 @@ async fn targets_follow_the_catalog_under_load_by_blocking_queries() {
     assert!(consul.blocking_queries() >= 3);
 
     load.finish().await;
-    let text = metrics_text(&gateway).await;
-    for line in [
-        "wasmgate_discovery_source_up{upstream=\"users\"} 1",
-        "wasmgate_discovery_targets{upstream=\"users\"} 1",
-        "wasmgate_discovery_errors_total{upstream=\"users\"} 0",
+    for (series, want) in [
+        ("wasmgate_discovery_source_up{upstream=\"users\"}", 1.0),
+        ("wasmgate_discovery_targets{upstream=\"users\"}", 1.0),
+        ("wasmgate_discovery_errors_total{upstream=\"users\"}", 0.0),
     ] {
-        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        wait_for_metric(&gateway, series, want).await;
     }
 }
 
@@ -169,7 +148,8 @@ async fn consul_going_away_keeps_the_last_list_and_its_return_applies_changes() 
     consul.stop();
     wait_for_metric(
         &gateway,
-        "wasmgate_discovery_source_up{upstream=\"users\"} 0",
+        "wasmgate_discovery_source_up{upstream=\"users\"}",
+        0.0,
     )
     .await;
     let source = admin_json(&gateway, "/upstreams").await["upstreams"]["users"]["source"].clone();
@@ -187,7 +167,8 @@ async fn consul_going_away_keeps_the_last_list_and_its_return_applies_changes() 
     load.wait_for_traffic("b", 20).await;
     wait_for_metric(
         &gateway,
-        "wasmgate_discovery_source_up{upstream=\"users\"} 1",
+        "wasmgate_discovery_source_up{upstream=\"users\"}",
+        1.0,
     )
     .await;
     let source = admin_json(&gateway, "/upstreams").await["upstreams"]["users"]["source"].clone();

@@ -7,14 +7,6 @@ use http::Method;
 
 use crate::support::*;
 
-/// The value of the series `series` (name and labels exactly as exposed), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.split(' ').next()?.parse().ok()
-    })
-}
-
 /// Scrapes until every `(series, value)` holds (requests are counted when their response body
 /// ends, a moment after the client has it), or fails with the last scrape.
 async fn wait_for(gateway: &GatewayProcess, expected: &[(&str, f64)]) -> String {
@@ -28,8 +20,10 @@ async fn wait_for(gateway: &GatewayProcess, expected: &[(&str, f64)]) -> String 
         let text = reply.text();
         let missing: Vec<String> = expected
             .iter()
-            .filter(|(series, want)| value(&text, series) != Some(*want))
-            .map(|(series, want)| format!("{series} = {want} (is {:?})", value(&text, series)))
+            .filter(|(series, want)| series_value(&text, series) != Some(*want))
+            .map(|(series, want)| {
+                format!("{series} = {want} (is {:?})", series_value(&text, series))
+            })
             .collect();
         if missing.is_empty() {
             return text;
@@ -189,13 +183,13 @@ async fn every_family_counts_a_known_sequence() {
         ],
     )
     .await;
-    let ejections =
-        value(&text, &ejected_a).unwrap_or(0.0) + value(&text, &ejected_b).unwrap_or(0.0);
+    let ejections = series_value(&text, &ejected_a).unwrap_or(0.0)
+        + series_value(&text, &ejected_b).unwrap_or(0.0);
     assert_eq!(ejections, 1.0, "{text}");
     let ejected_now: f64 = [&a, &b]
         .iter()
         .map(|target| {
-            value(
+            series_value(
                 &text,
                 &format!(
                     "wasmgate_upstream_target_ejected{{upstream=\"broken\",target=\"{target}\"}}"
@@ -207,7 +201,7 @@ async fn every_family_counts_a_known_sequence() {
     assert_eq!(ejected_now, 1.0, "{text}");
     // Latency buckets are cumulative: the +Inf bucket holds every request.
     assert_eq!(
-        value(
+        series_value(
             &text,
             "wasmgate_request_duration_seconds_bucket{le=\"+Inf\",route=\"plain\"}"
         ),
@@ -215,7 +209,7 @@ async fn every_family_counts_a_known_sequence() {
         "{text}"
     );
     assert!(
-        value(
+        series_value(
             &text,
             "wasmgate_request_duration_seconds_sum{route=\"plain\"}"
         )
@@ -224,8 +218,8 @@ async fn every_family_counts_a_known_sequence() {
         "{text}"
     );
     // The test's client still holds its keep-alive connection(s).
-    assert!(value(&text, "wasmgate_connections_total{listener=\"http\"}").unwrap() >= 1.0);
-    assert!(value(&text, "wasmgate_open_connections{listener=\"http\"}").unwrap() >= 1.0);
+    assert!(series_value(&text, "wasmgate_connections_total{listener=\"http\"}").unwrap() >= 1.0);
+    assert!(series_value(&text, "wasmgate_open_connections{listener=\"http\"}").unwrap() >= 1.0);
 
     // A failed reload is counted, and the open-connection gauge falls when clients leave.
     gateway.replace_file("gateway.toml", b"[server\n");

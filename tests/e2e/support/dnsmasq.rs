@@ -108,10 +108,7 @@ impl Dnsmasq {
 
     /// Kills dnsmasq: queries go unanswered.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::kill_server(&mut self.child);
     }
 
     /// Starts dnsmasq (again) on its port with its current zone, and waits until it listens.

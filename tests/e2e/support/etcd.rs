@@ -2,7 +2,6 @@
 //! start again on the same data (the etcd discovery tests). Keys are written with `etcdctl`:
 //! another client than the gateway, as in production.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,11 +27,11 @@ impl Etcd {
         if !super::installed(&["etcd", "etcdctl"], REQUIRE, "etcd-server etcd-client") {
             return None;
         }
-        let home_port = free_port();
+        let home_port = super::free_port();
         let mut etcd = Etcd {
             home_port,
             port: home_port,
-            peer_port: free_port(),
+            peer_port: super::free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -47,10 +46,7 @@ impl Etcd {
 
     /// Kills the server (as a crash would: no goodbye to its clients).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::kill_server(&mut self.child);
     }
 
     /// Starts the server (again) on its own ports and data, and waits until it answers.
@@ -61,7 +57,7 @@ impl Etcd {
     /// Starts the server on its data but on another client port, where the gateways do not
     /// reach it: what the test writes then is what changed while they were cut off.
     pub fn restart_hidden(&mut self) {
-        self.start_on(free_port());
+        self.start_on(super::free_port());
     }
 
     pub fn put(&self, key: &str, value: &str) {
@@ -150,12 +146,4 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -10,7 +10,7 @@ pub mod redis;
 pub mod upstream;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 pub use client::{HttpClient, raw_exchange, raw_status};
 pub use gateway::GatewayProcess;
@@ -39,8 +39,32 @@ pub fn upstream_table(name: &str, targets: &[(std::net::SocketAddr, u32)], extra
 /// The value of one series on the gateway's `GET /metrics`.
 pub async fn metric(client: &HttpClient, gateway: &GatewayProcess, series: &str) -> Option<f64> {
     let text = client.get(&gateway.admin_url("/metrics")).await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    series_value(&text, series)
+}
+
+/// The value of the series `series` (name and labels exactly as exposed) in a scrape.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split(' ').next()?.parse().ok()
+    })
+}
+
+/// Scrapes until `series` has the value `want`, for up to 10 s.
+pub async fn wait_for_metric(gateway: &GatewayProcess, series: &str, want: f64) {
+    let client = HttpClient::http1();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = client.get(&gateway.admin_url("/metrics")).await.text();
+        if series_value(&text, series) == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} is not {want} in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether the external `programs` a test needs are installed. When one is missing it says so
@@ -67,4 +91,22 @@ pub fn installed(programs: &[&str], require: &str, package: &str) -> bool {
          {require}=1 makes this a failure) ***\n"
     );
     false
+}
+
+/// A loopback TCP port nothing listens on now, for a server process a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a server process a test started (as a crash would: no goodbye to its clients) and
+/// reaps it.
+pub fn kill_server(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -1,7 +1,6 @@
 //! A real `redis-server` per test, on a free port, that the test can kill and start again on
 //! the same port (the shared rate-limit tests).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,11 +22,7 @@ impl Redis {
         if !super::installed(&["redis-server"], REQUIRE, "redis-server") {
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut redis = Redis {
             port,
             child: None,
@@ -44,10 +39,7 @@ impl Redis {
 
     /// Kills the server (as a crash would: no goodbye to its clients).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::kill_server(&mut self.child);
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as with a
