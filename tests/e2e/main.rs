@@ -22,3 +22,4 @@ mod resilience;
 mod shared_rate_limit;
 mod tls;
 mod upgrade;
+mod upstream_http1;

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
-use crate::upstream::Lease;
+use crate::upstream::{Lease, UpstreamBody};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -321,13 +321,13 @@ pub struct ResponseBody {
 }
 
 enum ResponseInner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A whole body (error pages, plugin replies, bodies plugins rewrote) and its trailers.
     Full(Option<Bytes>, Option<HeaderMap>),
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             inner: ResponseInner::Upstream(body),
             bytes: 0,
@@ -413,7 +413,7 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             ResponseInner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
+                Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     let Some(deadline) = this.deadline else {
                         return Poll::Pending;

@@ -27,7 +27,7 @@ use crate::plugin::ChainCall;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
-use crate::upstream::{Lease, Upstream};
+use crate::upstream::{Lease, Upstream, UpstreamBody};
 use body::{LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 use plugins::AfterRequest;
 
@@ -381,7 +381,7 @@ async fn forward(
     body: RequestBody,
     deadline: Instant,
     record: &mut AccessRecord,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
+) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
     let policy = &upstream.retry;
     policy.record_request();
     // The first attempt's body is a replay of the original, so every attempt is alike.

@@ -3,13 +3,13 @@
 //! until either side closes.
 
 use http::{Request, Response, header};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::body::ResponseBody;
 use super::headers;
+use crate::upstream::UpstreamBody;
 
 /// An HTTP/1.1 request asking to switch protocols.
 pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
@@ -27,7 +27,7 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 /// Answers the client with the upstream's 101 and joins the two upgraded connections.
 pub fn tunnel(
     client: OnUpgrade,
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
     let upstream = hyper::upgrade::on(&mut response);

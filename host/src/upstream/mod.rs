@@ -8,6 +8,7 @@
 
 mod balance;
 pub mod discovery;
+mod h1;
 mod health;
 mod outlier;
 mod target;
@@ -28,7 +29,7 @@ pub use balance::{
 pub use health::HealthCheck;
 pub use outlier::OutlierPolicy;
 pub use target::{InFlightGuard, Target, clock_ms};
-pub use transport::{Lease, Transport, TransportCache, TransportKey};
+pub use transport::{Lease, Transport, TransportCache, TransportKey, UpstreamBody};
 
 use crate::config::{Diagnostics, Protocol, Spanned, UpstreamConfig};
 use crate::proxy::retry::RetryPolicy;

@@ -1,6 +1,7 @@
 //! Connections to upstream targets: connect (TCP, optionally TLS), speak HTTP/1.1 or HTTP/2
-//! over them with hyper's connection API, and keep idle HTTP/1.1 connections per target for
-//! reuse (HTTP/2 connections are shared by concurrent requests).
+//! over them, and keep idle HTTP/1.1 connections per target for reuse (HTTP/2 connections are
+//! shared by concurrent requests). Most HTTP/1.1 exchanges go through the proxy's own client
+//! ([`super::h1`]); hyper's connection API carries HTTP/2, upgrades and streamed request bodies.
 //!
 //! Why not hyper-util's pooled `Client`: on the proxy path its pool costs several thousand
 //! instructions per request (a SipHash-keyed map under a mutex, a boxed request future, a
@@ -29,10 +30,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::h1::{ExchangeError, H1Body, H1Connection};
 use super::target::{InFlightGuard, Target};
 use crate::config::Protocol;
 use crate::error::{ErrorKind, ProxyError, find_in_chain};
-use crate::proxy::body::{BodyTooLarge, ClientBodyError, RequestBody};
+use crate::proxy::body::{BodyTooLarge, BoxError, ClientBodyError, RequestBody};
 
 /// Idle HTTP/1.1 connections kept per target.
 const MAX_IDLE_PER_TARGET: usize = 256;
@@ -74,6 +76,9 @@ impl TransportCache {
 /// Idle connections to one target.
 #[derive(Default)]
 pub struct ConnectionPool {
+    /// For the proxy's own HTTP/1.1 client.
+    idle_h1: Mutex<Vec<(H1Connection, Instant)>>,
+    /// For hyper's (upgrades, streamed request bodies).
     idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
@@ -82,11 +87,36 @@ impl std::fmt::Debug for ConnectionPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionPool")
             .field("idle", &self.idle.lock().len())
+            .field("idle_h1", &self.idle_h1.lock().len())
             .finish()
     }
 }
 
 impl ConnectionPool {
+    fn take_h1(&self) -> Option<H1Connection> {
+        let now = Instant::now();
+        let mut idle = self.idle_h1.lock();
+        // The list is in the order connections came back: expired ones are at the front, and
+        // go now, so that connections the upstream closed do not hold sockets for long.
+        let expired = idle.partition_point(|(_, since)| now - *since >= IDLE_TIMEOUT);
+        idle.drain(..expired);
+        while let Some((conn, _)) = idle.pop() {
+            if conn.is_idle_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub(super) fn put_h1(&self, conn: H1Connection) {
+        let mut idle = self.idle_h1.lock();
+        if idle.len() >= MAX_IDLE_PER_TARGET {
+            // The oldest connection goes; recent ones are likeliest to still be open.
+            idle.remove(0);
+        }
+        idle.push((conn, Instant::now()));
+    }
+
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock();
         while let Some((sender, since)) = idle.pop() {
@@ -163,7 +193,7 @@ impl Transport {
         &self,
         target: &Arc<Target>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    ) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
         let in_flight = target.start_request();
         set_uri_form(&mut request, self.protocol, target);
         if self.protocol.is_http2() {
@@ -177,12 +207,21 @@ impl Transport {
                 sender: None,
                 _in_flight: in_flight,
             };
-            return Ok((response, lease));
+            return Ok((response.map(UpstreamBody::Hyper), lease));
         }
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {
             request.headers_mut().insert(header::HOST, host);
+        }
+        if own_client_can_send(&request) {
+            let response = self.send_h1(target, &request).await?;
+            let lease = Lease {
+                target: target.clone(),
+                sender: None,
+                _in_flight: in_flight,
+            };
+            return Ok((response.map(UpstreamBody::H1), lease));
         }
         loop {
             let (mut sender, reused) = match target.pool.take_idle() {
@@ -207,7 +246,7 @@ impl Transport {
                         sender: Some(sender),
                         _in_flight: in_flight,
                     };
-                    return Ok((response, lease));
+                    return Ok((response.map(UpstreamBody::Hyper), lease));
                 }
                 Err(mut err) => match err.take_message() {
                     // A pooled connection the upstream had closed: nothing was sent, so the
@@ -215,6 +254,29 @@ impl Transport {
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(classify(err.into_error(), &target.addr)),
                 },
+            }
+        }
+    }
+
+    /// One exchange through the proxy's own HTTP/1.1 client, on a pooled connection when
+    /// there is a usable one.
+    async fn send_h1(
+        &self,
+        target: &Arc<Target>,
+        request: &Request<RequestBody>,
+    ) -> Result<Response<H1Body>, ProxyError> {
+        loop {
+            let conn = match target.pool.take_h1() {
+                Some(conn) => conn,
+                // Connecting is the rare path: boxed, so that every request's future does not
+                // carry (and move around) the connect state machine.
+                None => H1Connection::new(Box::pin(self.connect_io(target)).await?),
+            };
+            match conn.send(request, target).await {
+                Ok(response) => return Ok(response),
+                // Only a pooled connection can be stale; the next one may be new.
+                Err(ExchangeError::Stale) => continue,
+                Err(ExchangeError::Failed(err)) => return Err(err),
             }
         }
     }
@@ -338,6 +400,51 @@ impl Transport {
     }
 }
 
+/// What the proxy's own HTTP/1.1 client sends: requests whose body is known up front (none, or
+/// bytes), except `Upgrade` and `CONNECT` requests, which hand the connection over.
+fn own_client_can_send(request: &Request<RequestBody>) -> bool {
+    matches!(request.body(), RequestBody::Empty | RequestBody::Full(_))
+        && request.method() != http::Method::CONNECT
+        && !request.headers().contains_key(header::UPGRADE)
+}
+
+/// A response body from an upstream, read by whichever client carried the exchange.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    H1(H1Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BoxError::from))),
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::H1(body) => body.size_hint(),
+        }
+    }
+}
+
 /// HTTP/2 needs the scheme and authority (`:scheme`, `:authority`); HTTP/1.1 upstreams get the
 /// origin form (`/path?query`) with the authority in `Host`.
 fn set_uri_form(request: &mut Request<RequestBody>, protocol: Protocol, target: &Target) {
@@ -420,9 +527,19 @@ fn load_roots(path: &PathBuf) -> Result<RootCertStore, String> {
 }
 
 /// A connection to an upstream, with or without TLS.
-enum UpstreamIo {
+pub(super) enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl UpstreamIo {
+    /// The TCP connection underneath.
+    pub(super) fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamIo::Plain(stream) => stream,
+            UpstreamIo::Tls(stream) => stream.get_ref().0,
+        }
+    }
 }
 
 impl AsyncRead for UpstreamIo {
