@@ -8,10 +8,8 @@
 //! sampler follows the parent record it; any `tracestate` goes (it belonged to no valid
 //! parent, and the spec forbids reading it then).
 
+use super::headers::{hex_into, random_id_bits};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use rand::RngCore;
-
-use super::headers::hex_into;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -76,7 +74,7 @@ fn new_traceparent() -> (TraceId, HeaderValue) {
     // 16 bytes of trace id, 8 of parent id, in one draw (`random::<[u8; N]>()` would draw
     // a word per byte).
     let mut random = [0u8; 24];
-    rand::rng().fill_bytes(&mut random);
+    random_id_bits(&mut random);
     // Zero ids are invalid; 2^-128 and 2^-64 chances, but cheap to rule out.
     random[15] |= u8::from(random[..16] == [0; 16]);
     random[23] |= u8::from(random[16..] == [0; 8]);

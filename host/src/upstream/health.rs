@@ -108,9 +108,10 @@ async fn probe(
         HeaderValue::from_static("wasmgate-health-check"),
     );
     let exchange = async {
+        let (head, body) = request.into_parts();
         let (response, lease) = upstream
             .transport
-            .send(target, request)
+            .send(target, &head, body)
             .await
             .map_err(|err| err.to_string())?;
         let status = response.status();

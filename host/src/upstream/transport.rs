@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -188,34 +189,20 @@ impl Transport {
         })
     }
 
-    /// Sends `request` to `target`, over an idle pooled connection when there is one.
+    /// Sends a request (`head` and `body`) to `target`, over an idle pooled connection when
+    /// there is one. The head is borrowed: most exchanges send it without a copy, and a retry
+    /// sends it again.
     pub async fn send(
         &self,
         target: &Arc<Target>,
-        mut request: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
     ) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
         let in_flight = target.start_request();
-        set_uri_form(&mut request, self.protocol, target);
-        if self.protocol.is_http2() {
-            let mut sender = Box::pin(self.h2_sender(target)).await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|err| classify(err, &target.addr))?;
-            let lease = Lease {
-                target: target.clone(),
-                sender: None,
-                _in_flight: in_flight,
-            };
-            return Ok((response.map(UpstreamBody::Hyper), lease));
-        }
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
+        if !self.protocol.is_http2()
+            && let Some(known) = own_client_body(head, &body)
         {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        if own_client_can_send(&request) {
-            let response = self.send_h1(target, &request).await?;
+            let response = self.send_h1(target, head, known).await?;
             let lease = Lease {
                 target: target.clone(),
                 sender: None,
@@ -223,12 +210,74 @@ impl Transport {
             };
             return Ok((response.map(UpstreamBody::H1), lease));
         }
+        // The rarer exchanges: boxed, so that every request's future does not carry (and
+        // move around) their state.
+        let mut request = Request::from_parts(head.clone(), body);
+        set_uri_form(&mut request, self.protocol, target);
+        let (response, sender) = if self.protocol.is_http2() {
+            Box::pin(self.send_h2(target, request)).await?
+        } else {
+            Box::pin(self.send_hyper_h1(target, request)).await?
+        };
+        let lease = Lease {
+            target: target.clone(),
+            sender,
+            _in_flight: in_flight,
+        };
+        Ok((response.map(UpstreamBody::Hyper), lease))
+    }
+
+    /// One exchange through the proxy's own HTTP/1.1 client, on a pooled connection when
+    /// there is a usable one.
+    async fn send_h1(
+        &self,
+        target: &Arc<Target>,
+        head: &Parts,
+        body: Option<&[u8]>,
+    ) -> Result<Response<H1Body>, ProxyError> {
+        loop {
+            let conn = match target.pool.take_h1() {
+                Some(conn) => conn,
+                // Connecting is the rare path: boxed (see above).
+                None => H1Connection::new(Box::pin(self.connect_io(target)).await?),
+            };
+            match conn.send(head, body, target).await {
+                Ok(response) => return Ok(response),
+                // Only a pooled connection can be stale; the next one may be new.
+                Err(ExchangeError::Stale) => continue,
+                Err(ExchangeError::Failed(err)) => return Err(err),
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        target: &Arc<Target>,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<http1::SendRequest<RequestBody>>), ProxyError> {
+        let mut sender = self.h2_sender(target).await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| classify(err, &target.addr))?;
+        Ok((response, None))
+    }
+
+    /// An HTTP/1.1 exchange through hyper's client: upgrades and streamed request bodies.
+    async fn send_hyper_h1(
+        &self,
+        target: &Arc<Target>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<http1::SendRequest<RequestBody>>), ProxyError> {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
         loop {
             let (mut sender, reused) = match target.pool.take_idle() {
                 Some(sender) => (sender, true),
-                // Connecting is the rare path: boxed, so that every request's future does not
-                // carry (and move around) the connect state machine.
-                None => (Box::pin(self.connect_h1(target)).await?, false),
+                None => (self.connect_h1(target).await?, false),
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -240,43 +289,13 @@ impl Transport {
                 ));
             }
             match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        target: target.clone(),
-                        sender: Some(sender),
-                        _in_flight: in_flight,
-                    };
-                    return Ok((response.map(UpstreamBody::Hyper), lease));
-                }
+                Ok(response) => return Ok((response, Some(sender))),
                 Err(mut err) => match err.take_message() {
                     // A pooled connection the upstream had closed: nothing was sent, so the
                     // request goes out again on a fresh connection, whatever its method.
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(classify(err.into_error(), &target.addr)),
                 },
-            }
-        }
-    }
-
-    /// One exchange through the proxy's own HTTP/1.1 client, on a pooled connection when
-    /// there is a usable one.
-    async fn send_h1(
-        &self,
-        target: &Arc<Target>,
-        request: &Request<RequestBody>,
-    ) -> Result<Response<H1Body>, ProxyError> {
-        loop {
-            let conn = match target.pool.take_h1() {
-                Some(conn) => conn,
-                // Connecting is the rare path: boxed, so that every request's future does not
-                // carry (and move around) the connect state machine.
-                None => H1Connection::new(Box::pin(self.connect_io(target)).await?),
-            };
-            match conn.send(request, target).await {
-                Ok(response) => return Ok(response),
-                // Only a pooled connection can be stale; the next one may be new.
-                Err(ExchangeError::Stale) => continue,
-                Err(ExchangeError::Failed(err)) => return Err(err),
             }
         }
     }
@@ -400,12 +419,18 @@ impl Transport {
     }
 }
 
-/// What the proxy's own HTTP/1.1 client sends: requests whose body is known up front (none, or
-/// bytes), except `Upgrade` and `CONNECT` requests, which hand the connection over.
-fn own_client_can_send(request: &Request<RequestBody>) -> bool {
-    matches!(request.body(), RequestBody::Empty | RequestBody::Full(_))
-        && request.method() != http::Method::CONNECT
-        && !request.headers().contains_key(header::UPGRADE)
+/// What the proxy's own HTTP/1.1 client sends: requests whose body is known up front (none,
+/// or bytes), except `Upgrade` and `CONNECT` requests, which hand the connection over. The
+/// answer is the body to send (`None`: no body), or `None` when hyper's client must go.
+fn own_client_body<'a>(head: &Parts, body: &'a RequestBody) -> Option<Option<&'a [u8]>> {
+    if head.method == http::Method::CONNECT || head.headers.contains_key(header::UPGRADE) {
+        return None;
+    }
+    match body {
+        RequestBody::Empty => Some(None),
+        RequestBody::Full(bytes) => Some(Some(bytes.as_ref().map_or(&[][..], |b| &b[..]))),
+        RequestBody::Replay(_) => None,
+    }
 }
 
 /// A response body from an upstream, read by whichever client carried the exchange.

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
 
 use super::target::Target;
 use super::transport::UpstreamIo;
 use crate::error::{ErrorKind, ProxyError};
-use crate::proxy::body::RequestBody;
 use body::Framing;
 pub use body::H1Body;
 
@@ -96,26 +97,18 @@ impl H1Connection {
         matches!(peeked, Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `request` and reads the response head; the response's body reads the rest and
-    /// gives the connection back to `target`'s pool when it ends cleanly.
+    /// Sends a request (`head` and a known `body`, `None` for none) and reads the response
+    /// head; the response's body reads the rest and gives the connection back to `target`'s
+    /// pool when it ends cleanly. The head is only borrowed: a retry sends it again.
     pub async fn send(
         mut self,
-        request: &Request<RequestBody>,
+        head: &Parts,
+        body: Option<&[u8]>,
         target: &Arc<Target>,
     ) -> Result<Response<H1Body>, ExchangeError> {
-        let body = match request.body() {
-            RequestBody::Full(bytes) => Some(bytes.as_ref().map_or(&[][..], |b| &b[..])),
-            RequestBody::Empty => None,
-            RequestBody::Replay(_) => {
-                return Err(ExchangeError::Failed(ProxyError::new(
-                    ErrorKind::Internal,
-                    "streamed request bodies go through the general client",
-                )));
-            }
-        };
         let mut write_buf = std::mem::take(&mut self.write_buf);
         write_buf.clear();
-        encode_head(request, body, &mut write_buf);
+        encode_head(head, body, &target.authority, &mut write_buf);
         let separate_body = match body {
             Some(body) if body.len() > INLINE_BODY_BYTES => Some(body),
             Some(body) => {
@@ -134,10 +127,10 @@ impl H1Connection {
                 ExchangeError::Failed(reset(&target.addr, "sending the request failed", err))
             });
         }
-        let head_request = request.method() == Method::HEAD;
+        let head_request = head.method == Method::HEAD;
         let (response, framing, keep_alive) = match self.read_head(head_request).await {
             Ok(head) => head,
-            Err(HeadError::ClosedEarly(err)) if self.reused && is_idempotent(request.method()) => {
+            Err(HeadError::ClosedEarly(err)) if self.reused && is_idempotent(&head.method) => {
                 tracing::debug!(target = %target.addr, "pooled connection closed before the response ({err}); sending again");
                 return Err(ExchangeError::Stale);
             }
@@ -244,20 +237,23 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// `METHOD path HTTP/1.1`, the headers as they are, and the body's framing: a known body is
-/// sent with its exact `Content-Length` whatever the client said, since plugins may have
-/// replaced it; a request without a body keeps the client's headers (at most a zero length).
-fn encode_head(request: &Request<RequestBody>, body: Option<&[u8]>, out: &mut Vec<u8>) {
-    out.extend_from_slice(request.method().as_str().as_bytes());
+/// `METHOD path HTTP/1.1`, the headers as they are (with `Host` from the target's authority
+/// when the request has none), and the body's framing: a known body is sent with its exact
+/// `Content-Length` whatever the client said, since plugins may have replaced it; a request
+/// without a body keeps the client's headers (at most a zero length).
+fn encode_head(head: &Parts, body: Option<&[u8]>, authority: &Authority, out: &mut Vec<u8>) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
+    let target = head.uri.path_and_query().map_or("/", |path| path.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !head.headers.contains_key(http::header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let mut had_length = false;
-    for (name, value) in request.headers() {
+    for (name, value) in &head.headers {
         if body.is_some()
             && (name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING)
         {
@@ -314,7 +310,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = http10;
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+    // Connection-management fields (bit i: field i) are the client's business, consumed here;
+    // the proxy would strip them anyway. Unless `Connection` names other fields: then all
+    // stay, for the proxy's full hop-by-hop removal.
+    let mut hop_by_hop = 0u128;
+    let mut connection_names_fields = false;
+    for (i, (span, field)) in spans.iter_mut().zip(parsed.headers.iter()).enumerate() {
         let name_at = field.name.as_ptr() as usize - base;
         let value_at = field.value.as_ptr() as usize - base;
         *span = (
@@ -334,6 +335,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
             }
             length = Some(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            hop_by_hop |= 1 << i;
             transfer_encoding = true;
             // The last coding decides whether the body is chunked.
             chunked = field
@@ -342,10 +344,18 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= field
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            hop_by_hop |= 1 << i;
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    connection_names_fields = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive")
+            || name.eq_ignore_ascii_case(b"proxy-connection")
+        {
+            hop_by_hop |= 1 << i;
         }
     }
     let head = buf.split_to(len).freeze();
@@ -374,8 +384,14 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         };
     let drop_length = transfer_encoding && length.is_some();
 
+    if connection_names_fields {
+        hop_by_hop = 0;
+    }
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+    for (i, &(name_start, name_end, value_start, value_end)) in spans[..count].iter().enumerate() {
+        if hop_by_hop & (1 << i) != 0 {
+            continue;
+        }
         let name = &head[name_start as usize..name_end as usize];
         let name =
             HeaderName::from_bytes(name).map_err(|_| HeadError::Invalid("invalid header name"))?;
@@ -399,13 +415,28 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
 }
 
 #[cfg(test)]
-fn encode_for_test(request: &Request<RequestBody>) -> String {
+use crate::proxy::body::RequestBody;
+
+#[cfg(test)]
+fn encode_for_test(request: &http::Request<RequestBody>) -> String {
     let body = match request.body() {
         RequestBody::Full(bytes) => Some(bytes.as_ref().map_or(&[][..], |b| &b[..])),
         _ => None,
     };
+    let head = http::Request::builder()
+        .method(request.method())
+        .uri(request.uri())
+        .body(())
+        .unwrap();
+    let (mut head, ()) = head.into_parts();
+    head.headers = request.headers().clone();
     let mut out = Vec::new();
-    encode_head(request, body, &mut out);
+    encode_head(
+        &head,
+        body,
+        &Authority::from_static("upstream.test:8080"),
+        &mut out,
+    );
     String::from_utf8(out).unwrap()
 }
 
@@ -432,6 +463,7 @@ mod tests {
 
     #[test]
     fn encodes_a_request_without_body() {
+        use http::Request;
         let mut request = Request::new(RequestBody::Empty);
         *request.uri_mut() = "/a/b?c=d".parse().unwrap();
         request
@@ -451,6 +483,7 @@ mod tests {
 
     #[test]
     fn a_known_body_gets_its_own_length() {
+        use http::Request;
         let mut request = Request::new(RequestBody::Full(Some(Bytes::from_static(b"hello"))));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = "/".parse().unwrap();
@@ -463,12 +496,12 @@ mod tests {
             .insert("transfer-encoding", HeaderValue::from_static("chunked"));
         assert_eq!(
             encode_for_test(&request),
-            "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n"
+            "POST / HTTP/1.1\r\nhost: upstream.test:8080\r\ncontent-length: 5\r\n\r\n"
         );
         *request.body_mut() = RequestBody::Full(None);
         assert_eq!(
             encode_for_test(&request),
-            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+            "POST / HTTP/1.1\r\nhost: upstream.test:8080\r\ncontent-length: 0\r\n\r\n"
         );
     }
 
@@ -485,6 +518,26 @@ mod tests {
         let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert_eq!(response.headers()["x-odd"], "spaced");
+    }
+
+    #[test]
+    fn connection_management_fields_stay_here() {
+        let (response, framing, keep_alive) = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((framing, keep_alive), (Framing::chunked(), true));
+        let names: Vec<_> = response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        // A `Connection` that names other fields leaves them all to the proxy's removal.
+        let (response, _, _) = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(response.headers().contains_key("connection"));
+        assert!(response.headers().contains_key("x-secret"));
     }
 
     #[test]
