@@ -24,6 +24,9 @@
 #                      rate_limit keyed on ctx:user_id at 1,000,000/s (burst 1,000,000): far
 #                      above any load here, so it is checked on every request and never answers 429
 #   *-pr               (plugin1-pr, chain3-pr) the same with isolation = "per-request"
+#   routesN            (routes10, routes10000, ...) no plugins, N generated routes instead of one
+#                      (routes_toml below; bench/routes.sh): the load requests target_path, a
+#                      route two thirds down the list
 #
 # Every target but the *-pr ones uses isolation = "pooled".
 
@@ -36,7 +39,10 @@ JWT_KID="bench-a"
 JWT_EXP=4102444800                                      # 2100-01-01
 
 is_plugin_target() { [[ " $BENCH_PLUGIN_TARGETS " == *" $1 "* ]]; }
-is_wasmgate() { [[ "$1" == wasmgate ]] || is_plugin_target "$1"; }
+is_routes() { [[ "$1" =~ ^routes[0-9]+$ ]] && ((${1#routes} > 0)); }
+is_wasmgate() { [[ "$1" == wasmgate ]] || is_plugin_target "$1" || is_routes "$1"; }
+# a known target name (ALL is the script's list of fixed names): routesN takes any N
+known_target() { [[ " $2 " == *" $1 "* ]] || is_routes "$1"; }
 # the targets whose requests need a jwt token
 is_jwt() { [[ "$1" == jwt-* || "$1" == chain ]]; }
 # how many plugins a target chains (for the "per plugin" column)
@@ -68,7 +74,42 @@ label_of() {
         jwt-rs256-nocache) echo "wasmgate +jwt RS256 miss" ;;
         headers) echo "wasmgate +headers" ;;
         chain) echo "wasmgate jwt+hdrs+limit" ;;
+        routes*) echo "wasmgate ${1#routes} routes" ;;
     esac
+}
+
+# The routes of routesN: N distinct path prefixes with params, all to upstream "backend", in
+# groups of ten (by i % 10): 0 2 4 6 8 plain `/svc{i}/items/{id}`; 1 the same (the kind the
+# load hits); 3 the same restricted to host svc{i}.example.com; 5 a catch-all
+# `/svc{i}/users/{user}/orders/{*rest}` with a rewrite; 7 POST/PUT only; 9 route i-1's pattern
+# with a header predicate (x-tenant). Every route is named (its own metric series).
+routes_toml() { # N
+    awk -v n="$1" 'BEGIN {
+        for (i = 0; i < n; i++) {
+            k = i % 10
+            printf "[[routes]]\nname = \"r%d\"\nupstream = \"backend\"\n", i
+            if (k == 5) {
+                printf "path = \"/svc%d/users/{user}/orders/{*rest}\"\nrewrite = \"/orders/{user}/{rest}\"\n", i
+            } else {
+                printf "path = \"/svc%d/items/{id}\"\n", (k == 9 ? i - 1 : i)
+            }
+            if (k == 3) printf "host = \"svc%d.example.com\"\n", i
+            if (k == 7) printf "methods = [\"POST\", \"PUT\"]\n"
+            if (k == 9) printf "headers = { \"x-tenant\" = \"t%d\" }\n", i
+            printf "\n"
+        }
+    }'
+}
+# the route routesN's load hits: the last plain one (i % 10 == 1) in the first two thirds
+routes_target_index() { # N
+    local n=$1 i
+    i=$((n * 2 / 3))
+    while ((i > 1 && i % 10 != 1)); do i=$((i - 1)); done
+    echo "$i"
+}
+# the path a target's load and probes request
+target_path() {
+    if is_routes "$1"; then echo "/svc$(routes_target_index "${1#routes}")/items/42"; else echo /; fi
 }
 
 # plugins_toml target -> the [plugins.*] table; route_plugins target -> the route's plugin list
@@ -126,6 +167,10 @@ gateway_toml() { # target port upstream-port -> the whole config (workers = 1, o
     # admin off: the admin API's default port would be taken by the first gateway only
     printf '[server]\nlisten = "127.0.0.1:%s"\nadmin = "off"\nworkers = 1\n\n' "$2"
     printf '[upstreams.backend]\ntargets = [{ addr = "127.0.0.1:%s" }]\n\n' "$3"
+    if is_routes "$1"; then
+        routes_toml "${1#routes}"
+        return
+    fi
     plugins_toml "$1"
     printf '\n[[routes]]\npath = "/{*rest}"\nupstream = "backend"\n'
     route_plugins "$1"

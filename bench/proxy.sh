@@ -47,6 +47,9 @@
 #                              (plus claims_to_context sub -> user_id), headers as in headers,
 #                              and rate_limit keyed on ctx:user_id at 1,000,000/s, burst
 #                              1,000,000 (checked on every request, never reached)
+#                  routesN     wasmgate, no plugins, N generated routes (routes10, routes10000,
+#                              ...: bench/lib.sh's routes_toml); wrk loads one route two thirds
+#                              down the list (bench/routes.sh)
 #                All the plugin targets but the *-pr ones are pooled; bench/lib.sh has their
 #                configs. NOTE: the jwt plugin remembers up to 256 verified tokens per instance
 #                (plugins/jwt/src/cache.rs), so jwt-hs256 and jwt-rs256, which send one token,
@@ -156,7 +159,7 @@ fi
 # targets in the order given; PROXIES = the ones measured every round
 SELECTED=()
 for t in $TARGETS; do
-    [[ " $ALL_TARGETS " == *" $t "* ]] || die "unknown target '$t' in TARGETS (known: $ALL_TARGETS)"
+    known_target "$t" "$ALL_TARGETS" || die "unknown target '$t' in TARGETS (known: $ALL_TARGETS routesN)"
     [[ " ${SELECTED[*]} " == *" $t "* ]] || SELECTED+=("$t")
 done
 ((${#SELECTED[@]})) || die "TARGETS is empty"
@@ -361,7 +364,7 @@ fi
 # auth_header, wrk_args, probe_target: bench/lib.sh (shared with bench/callgrind.sh)
 declare -A WRK_ARGS
 start_wasmgate() { # target -> sets PID_OF[target]
-    local t=$1 dir="$TMP/$1" port=${PORT_OF[$1]} pid
+    local t=$1 dir="$TMP/$1" port=${PORT_OF[$1]} pid url
     mkdir -p "$dir"
     [[ "$t" == jwt-rs256-nocache ]] && say "making $JWT_TOKENS RS256 tokens for $t (JWT_TOKENS)"
     prepare_target "$t" "$dir"
@@ -375,9 +378,10 @@ start_wasmgate() { # target -> sets PID_OF[target]
     PIDS+=("$pid")
     # plugins are compiled at start-up: allow up to 60 s (wait_http below judges the outcome)
     wait_for_line "$dir/stderr.log" "listening on http://" "$pid" 600 || true
-    wait_http "http://127.0.0.1:$port/" "$t" "$pid" "$(auth_header "$t" "$dir")" || {
+    url="http://127.0.0.1:$port$(target_path "$t")"
+    wait_http "$url" "$t" "$pid" "$(auth_header "$t" "$dir")" || {
         cat "$dir/gateway.toml" "$dir/stderr.log" >&2; die "$t did not start"; }
-    probe_target "$t" "$dir" "http://127.0.0.1:$port/" 5 || {
+    probe_target "$t" "$dir" "$url" 5 || {
         cat "$dir/gateway.toml" "$dir/stderr.log" >&2
         die "$t: the plugins did not run as configured (see above)"; }
 }
@@ -530,7 +534,7 @@ url_of() {
     case "$1" in
         upstream) echo "http://127.0.0.1:$UP_PORT/" ;;
         nginx) echo "http://127.0.0.1:$NGX_PORT/" ;;
-        *) echo "http://127.0.0.1:${PORT_OF[$1]}/" ;;
+        *) echo "http://127.0.0.1:${PORT_OF[$1]}$(target_path "$1")" ;;
     esac
 }
 

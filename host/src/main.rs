@@ -5,11 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// Every request allocates a few small objects (header maps, futures, buffers); mimalloc's
-// thread-local free lists make that markedly cheaper than glibc's allocator (callgrind shows
-// the allocator at about a tenth of the proxy path's instructions otherwise).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The global allocator (mimalloc) and its memory-saving defaults.
+mod alloc;
+
 use wasmgate::config::{self, LoadedConfig};
 use wasmgate::error::ConfigErrors;
 use wasmgate::gateway::{self, Gateway};
