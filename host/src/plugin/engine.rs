@@ -175,7 +175,9 @@ impl PluginEngine {
             return Ok(pre.clone());
         }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|err| format!("not a valid plugin component: {err:#}"))?;
+            .map_err(|err| format!("not a valid plugin component: {err:#}"));
+        release_compiler_memory();
+        let component = component?;
         // WASI functions the gateway does not offer (streams, files, sockets) trap when called:
         // that fails the one request, never the gateway.
         let mut linker = self.linker.clone();
@@ -296,4 +298,18 @@ fn monotonic_nanos() -> u64 {
 /// Ticks for a time limit (at least one).
 pub fn ticks(limit: Duration) -> u64 {
     (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
+
+/// Compiling a component allocates and frees tens of MiB on wasmtime's compile threads
+/// (rayon's global pool), and mimalloc keeps the freed pages in each thread's own heap until
+/// that thread allocates again, which an idle compile thread never does: ask each of them,
+/// and this thread, to give them back.
+fn release_compiler_memory() {
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mimalloc's `mi_collect` only returns the calling thread's free memory.
+    rayon::broadcast(|_| unsafe { mi_collect(true) });
+    // SAFETY: as above.
+    unsafe { mi_collect(true) };
 }
