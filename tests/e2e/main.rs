@@ -19,6 +19,7 @@ mod plugins;
 mod rate_limit;
 mod reload;
 mod resilience;
+mod server_http1;
 mod shared_rate_limit;
 mod tls;
 mod upgrade;

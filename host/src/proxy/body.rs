@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
+use crate::server::h1::H1RequestBody;
 use crate::upstream::{Lease, UpstreamBody};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -39,7 +40,7 @@ impl StdError for BodyTooLarge {}
 
 /// Reading the client's body failed (the client went away or broke the framing).
 #[derive(Debug)]
-pub struct ClientBodyError(pub hyper::Error);
+pub struct ClientBodyError(pub BoxError);
 
 impl fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -48,7 +49,49 @@ impl fmt::Display for ClientBodyError {
 }
 impl StdError for ClientBodyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
+    }
+}
+
+/// A request body as the client sends it: over HTTP/2 (hyper's server) or HTTP/1.1 (the
+/// gateway's own, `server::h1`).
+pub enum ClientBody {
+    Empty,
+    H2(Incoming),
+    H1(H1RequestBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BoxError::from))),
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H2(body) => body.is_end_stream(),
+            ClientBody::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H2(body) => body.size_hint(),
+            ClientBody::H1(body) => body.size_hint(),
+        }
     }
 }
 
@@ -75,13 +118,13 @@ impl StdError for Superseded {}
 
 /// The client's body with the size limit applied as it streams.
 pub struct LimitedIncoming {
-    inner: Incoming,
+    inner: ClientBody,
     seen: u64,
     limit: u64,
 }
 
 impl LimitedIncoming {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: ClientBody, limit: u64) -> Self {
         LimitedIncoming {
             inner,
             seen: 0,

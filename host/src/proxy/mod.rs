@@ -10,6 +10,8 @@ pub mod retry;
 pub mod trace;
 mod upgrade;
 
+pub use upgrade::is_upgrade_request;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,25 +21,25 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::limit::{RateLimit, Verdict};
 use crate::plugin::ChainCall;
 use crate::server::ConnInfo;
+use crate::server::h1::ClientUpgrade;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
 use crate::upstream::{Lease, Upstream, UpstreamBody};
-use body::{LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
+use body::{ClientBody, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 use plugins::AfterRequest;
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
 /// `framing_error` is the connection's verdict on this request's HTTP/1 framing (see
-/// `server::framing`): such a request is refused before anything else.
+/// `server::h1`): such a request is refused before anything else.
 pub async fn serve(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     framing_error: Option<&'static str>,
 ) -> Response<ResponseBody> {
     // Room for what the gateway adds (request id, traceparent, X-Forwarded-*) at once, rather
@@ -111,7 +113,7 @@ async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     client_ip: IpAddr,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     record: &mut AccessRecord,
     quota_headers: &mut Option<http::HeaderMap>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -129,8 +131,11 @@ async fn proxy(
         *quota_headers = Some(enforce(limit, client_ip, request.headers(), &record.ctx).await?);
     }
     let upstream = route.backend.choose().clone();
-    let client_upgrade =
-        upgrade::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = if upgrade::is_upgrade_request(&request) {
+        request.extensions_mut().remove::<ClientUpgrade>()
+    } else {
+        None
+    };
     let (parts, incoming) = request.into_parts();
 
     // Request phase of the route's plugins (they see the client's request as received).
@@ -247,7 +252,7 @@ async fn proxy(
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.
-fn check_framing(request: &Request<Incoming>, max_body_bytes: u64) -> Result<(), ProxyError> {
+fn check_framing(request: &Request<ClientBody>, max_body_bytes: u64) -> Result<(), ProxyError> {
     let headers = request.headers();
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let first_length = lengths.next();
@@ -280,7 +285,7 @@ fn check_framing(request: &Request<Incoming>, max_body_bytes: u64) -> Result<(),
 }
 
 /// The request's host without port: the URI's authority (HTTP/2, absolute-form) or `Host`.
-fn request_host(request: &Request<Incoming>) -> Option<&str> {
+fn request_host(request: &Request<ClientBody>) -> Option<&str> {
     let raw = match request.uri().host() {
         Some(host) => host,
         None => request.headers().get(header::HOST)?.to_str().ok()?,
@@ -301,7 +306,7 @@ fn strip_port(host: &str) -> &str {
 
 fn find_route(
     snapshot: &Snapshot,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
 ) -> Result<(Arc<Route>, Option<String>), ProxyError> {
     let host = request_host(request);
     let path = request.uri().path();

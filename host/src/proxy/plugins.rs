@@ -11,9 +11,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
-use super::body::{BoxError, ResponseBody, ResponseTimedOut};
+use super::body::{BoxError, ClientBody, ResponseBody, ResponseTimedOut};
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::{
     ChainCall, Context, PluginChain, PluginFailure, Reply, RequestInfo, RequestOutcome,
@@ -26,7 +25,7 @@ pub enum AfterRequest {
     Forward {
         parts: Parts,
         body: Option<Bytes>,
-        incoming: Option<Incoming>,
+        incoming: Option<ClientBody>,
         /// A plugin changed the path: the route's `rewrite` no longer applies.
         path_changed: bool,
         call: ChainCall,
@@ -46,7 +45,7 @@ fn plugin_error(failure: PluginFailure) -> ProxyError {
 pub async fn request_phase(
     chain: &PluginChain,
     parts: Parts,
-    incoming: Incoming,
+    incoming: ClientBody,
     max_body_bytes: u64,
     identity: (IpAddr, Arc<str>, HeaderValue),
     ctx: &mut Context,
@@ -93,7 +92,7 @@ pub async fn request_phase(
     }
 }
 
-async fn collect_request(incoming: Incoming, max_body_bytes: u64) -> Result<Bytes, ProxyError> {
+async fn collect_request(incoming: ClientBody, max_body_bytes: u64) -> Result<Bytes, ProxyError> {
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
     match Limited::new(incoming, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

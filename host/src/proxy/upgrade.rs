@@ -3,12 +3,12 @@
 //! until either side closes.
 
 use http::{Request, Response, header};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::body::ResponseBody;
 use super::headers;
+use crate::server::h1::ClientUpgrade;
 use crate::upstream::UpstreamBody;
 
 /// An HTTP/1.1 request asking to switch protocols.
@@ -26,7 +26,7 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 
 /// Answers the client with the upstream's 101 and joins the two upgraded connections.
 pub fn tunnel(
-    client: OnUpgrade,
+    client: ClientUpgrade,
     mut response: Response<UpstreamBody>,
     tasks: &TaskTracker,
 ) -> Response<ResponseBody> {
@@ -34,15 +34,18 @@ pub fn tunnel(
     let (mut parts, _) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true, false);
     tasks.spawn(async move {
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
+        let (client, upstream) = tokio::join!(client.connection(), upstream);
+        match (client, upstream) {
+            (Some(mut client), Ok(upstream)) => {
                 let mut upstream = TokioIo::new(upstream);
                 if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     tracing::debug!("upgraded connection ended: {err}");
                 }
             }
-            Err(err) => tracing::debug!("upgrade failed: {err}"),
+            (None, _) => {
+                tracing::debug!("upgrade failed: the client's connection was not handed over")
+            }
+            (_, Err(err)) => tracing::debug!("upgrade failed: {err}"),
         }
     });
     Response::from_parts(parts, ResponseBody::empty())

@@ -1,7 +1,5 @@
-//! One client connection: HTTP/1.1 or HTTP/2 (detected), with the connection-level limits:
-//! the first request head must arrive within `header_read_timeout` (hyper enforces it for later
-//! HTTP/1.1 heads), a connection without traffic for `idle_timeout` is closed gracefully, and a
-//! drain closes it gracefully too (in-flight requests finish first).
+//! One client connection: HTTP/1.1 (the gateway's own server, `super::h1`) or HTTP/2 (hyper's),
+//! chosen by TLS ALPN or by the first bytes, with the connection-level limits.
 
 use std::convert::Infallible;
 use std::io;
@@ -12,36 +10,67 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::ConnInfo;
-use super::framing::FramingGuard;
+use super::h1;
+use super::rewind::Rewind;
+use crate::proxy::body::ClientBody;
 use crate::snapshot::Snapshot;
 use crate::upstream::clock_ms;
 
-/// What the watchdog knows about a connection.
+/// What the watchdog knows about an HTTP/2 connection.
 struct Activity {
     last_ms: AtomicU64,
     request_seen: AtomicBool,
-    /// Request-smuggling verdicts from the bytes read (HTTP/1 only).
-    framing: parking_lot::Mutex<FramingGuard>,
 }
 
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A request head larger than this is answered with 431.
+    pub max_header_bytes: usize,
 }
 
+/// Serves a client connection: HTTP/1.1 by the gateway's own server, HTTP/2 (TLS ALPN `h2`,
+/// or the preface on a connection without it) by hyper's.
 pub async fn serve<I>(
     io: I,
     info: Arc<ConnInfo>,
     state: Arc<ArcSwap<Snapshot>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
     limits: Arc<ConnLimits>,
+    drain: CancellationToken,
+    alpn_h2: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if alpn_h2 {
+        return serve_h2(io, Bytes::new(), info, state, &h2, &limits, drain).await;
+    }
+    match h1::serve(io, &info, &state, &limits, &drain, true).await {
+        h1::Ended::Closed => {}
+        h1::Ended::Http2(io, read) => serve_h2(io, read, info, state, &h2, &limits, drain).await,
+    }
+}
+
+/// An HTTP/2 connection, `read` being the bytes read from it already, with the connection-level
+/// limits: the first request must arrive within `header_read_timeout`, a connection without
+/// traffic for `idle_timeout` is closed gracefully, and a drain closes it gracefully too
+/// (in-flight requests finish first).
+async fn serve_h2<I>(
+    io: I,
+    read: Bytes,
+    info: Arc<ConnInfo>,
+    state: Arc<ArcSwap<Snapshot>>,
+    builder: &http2::Builder<TokioExecutor>,
+    limits: &ConnLimits,
     drain: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -50,30 +79,26 @@ pub async fn serve<I>(
     let activity = Arc::new(Activity {
         last_ms: AtomicU64::new(accepted_ms),
         request_seen: AtomicBool::new(false),
-        framing: parking_lot::Mutex::new(FramingGuard::default()),
     });
-    let io = ActivityIo {
-        inner: io,
-        activity: activity.clone(),
-    };
+    let io = Rewind::new(
+        read,
+        ActivityIo {
+            inner: io,
+            activity: activity.clone(),
+        },
+    );
     let seen = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: http::Request<Incoming>| {
         if !seen.request_seen.load(Ordering::Relaxed) {
             seen.request_seen.store(true, Ordering::Relaxed);
         }
-        let framing_error = if request.version() < http::Version::HTTP_2 {
-            seen.framing.lock().next_verdict()
-        } else {
-            None
-        };
         // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
         let snapshot = state.load_full();
         let info = info.clone();
-        async move {
-            Ok::<_, Infallible>(crate::proxy::serve(snapshot, info, request, framing_error).await)
-        }
+        let request = request.map(ClientBody::H2);
+        async move { Ok::<_, Infallible>(crate::proxy::serve(snapshot, info, request, None).await) }
     });
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     let header_ms = millis(limits.header_read_timeout);
     let idle_ms = millis(limits.idle_timeout);
     let mut closing = false;
@@ -138,10 +163,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
-            self.activity
-                .framing
-                .lock()
-                .observe(&buf.filled()[before..]);
         }
         result
     }

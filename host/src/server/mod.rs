@@ -2,7 +2,8 @@
 //! and drain on shutdown: stop accepting, let in-flight requests finish, then return.
 
 mod conn;
-mod framing;
+pub mod h1;
+pub mod rewind;
 pub mod tls;
 
 use std::future::Future;
@@ -12,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -86,10 +87,11 @@ pub async fn serve(
     settings: &ListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(http_builder(settings));
+    let builder = Arc::new(http2_builder(settings));
     let limits = Arc::new(ConnLimits {
         header_read_timeout: settings.header_read_timeout,
         idle_timeout: settings.idle_timeout,
+        max_header_bytes: settings.max_header_bytes,
     });
     let drain = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -136,17 +138,10 @@ pub async fn serve(
     }
 }
 
-fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// HTTP/1.1 is the gateway's own (`h1`); hyper serves HTTP/2.
+fn http2_builder(settings: &ListenerSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        // hyper answers 431 when the head does not fit; 8 KiB is its smallest buffer.
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -156,7 +151,7 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
 
 struct AcceptContext {
     state: Arc<ArcSwap<Snapshot>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     limits: Arc<ConnLimits>,
     drain: CancellationToken,
     connections: TaskTracker,
@@ -205,7 +200,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
         ctx.connections.spawn(async move {
             let _counted = (permit, open);
             match tls {
-                None => conn::serve(stream, info, state, builder, limits, drain).await,
+                None => conn::serve(stream, info, state, builder, limits, drain, false).await,
                 Some(initial) => {
                     // Each handshake uses the current snapshot's certificate, so a reload that
                     // brings a new one applies to new connections.
@@ -218,7 +213,8 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
                     if let Some(stream) =
                         tls_handshake(acceptor, stream, limits.header_read_timeout).await
                     {
-                        conn::serve(stream, info, state, builder, limits, drain).await;
+                        let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        conn::serve(stream, info, state, builder, limits, drain, alpn_h2).await;
                     }
                 }
             }

@@ -11,7 +11,7 @@
 //! sent), see `Transport::send`.
 
 mod body;
-mod chunked;
+pub(crate) mod chunked;
 
 use std::io;
 use std::mem::MaybeUninit;
