@@ -305,6 +305,9 @@ pub fn ticks(limit: Duration) -> u64 {
 /// that thread allocates again, which an idle compile thread never does: ask each of them,
 /// and this thread, to give them back.
 fn release_compiler_memory() {
+    // Links mimalloc into every binary of this crate (the gateway's allocator is set in the
+    // binary; unit tests run on the system allocator, where this call frees nothing).
+    extern crate mimalloc as _;
     unsafe extern "C" {
         fn mi_collect(force: bool);
     }
