@@ -26,8 +26,6 @@ use tokio::sync::Notify;
 pub use balance::{
     Balancer, ConsistentHash, LeastRequest, PickContext, SmoothRoundRobin, WeightedRandom,
 };
-/// The strict chunked decoder, shared with the HTTP/1.1 server (`server::h1`).
-pub(crate) use h1::chunked;
 pub use health::HealthCheck;
 pub use outlier::OutlierPolicy;
 pub use target::{InFlightGuard, Target, clock_ms};

@@ -78,66 +78,73 @@ impl TransportCache {
 #[derive(Default)]
 pub struct ConnectionPool {
     /// For the proxy's own HTTP/1.1 client.
-    idle_h1: Mutex<Vec<(H1Connection, Instant)>>,
+    idle_h1: IdleList<H1Connection>,
     /// For hyper's (upgrades, streamed request bodies).
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    idle: IdleList<http1::SendRequest<RequestBody>>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
 impl std::fmt::Debug for ConnectionPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionPool")
-            .field("idle", &self.idle.lock().len())
-            .field("idle_h1", &self.idle_h1.lock().len())
+            .field("idle", &self.idle.0.lock().len())
+            .field("idle_h1", &self.idle_h1.0.lock().len())
             .finish()
     }
 }
 
 impl ConnectionPool {
     fn take_h1(&self) -> Option<H1Connection> {
+        self.idle_h1.take(H1Connection::is_idle_usable)
+    }
+
+    pub(super) fn put_h1(&self, conn: H1Connection) {
+        self.idle_h1.put(conn);
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+        self.idle.take(|sender| !sender.is_closed())
+    }
+
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        if !sender.is_closed() {
+            self.idle.put(sender);
+        }
+    }
+}
+
+/// Idle connections of one kind, in the order they came back (newest last).
+struct IdleList<C>(Mutex<Vec<(C, Instant)>>);
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        IdleList(Mutex::new(Vec::new()))
+    }
+}
+
+impl<C> IdleList<C> {
+    /// The newest connection that is still `usable`. Expired ones are at the front, and go
+    /// now, so that connections the upstream closed do not hold sockets for long.
+    fn take(&self, usable: impl Fn(&C) -> bool) -> Option<C> {
         let now = Instant::now();
-        let mut idle = self.idle_h1.lock();
-        // The list is in the order connections came back: expired ones are at the front, and
-        // go now, so that connections the upstream closed do not hold sockets for long.
+        let mut idle = self.0.lock();
         let expired = idle.partition_point(|(_, since)| now - *since >= IDLE_TIMEOUT);
         idle.drain(..expired);
         while let Some((conn, _)) = idle.pop() {
-            if conn.is_idle_usable() {
+            if usable(&conn) {
                 return Some(conn);
             }
         }
         None
     }
 
-    pub(super) fn put_h1(&self, conn: H1Connection) {
-        let mut idle = self.idle_h1.lock();
+    fn put(&self, conn: C) {
+        let mut idle = self.0.lock();
         if idle.len() >= MAX_IDLE_PER_TARGET {
             // The oldest connection goes; recent ones are likeliest to still be open.
             idle.remove(0);
         }
         idle.push((conn, Instant::now()));
-    }
-
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock();
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock();
-        if idle.len() >= MAX_IDLE_PER_TARGET {
-            // The oldest connection goes; recent ones are likeliest to still be open.
-            idle.remove(0);
-        }
-        idle.push((sender, Instant::now()));
     }
 }
 

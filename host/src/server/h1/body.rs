@@ -14,8 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::http1::chunked::{ChunkedDecoder, Decoded};
 use crate::proxy::body::BoxError;
-use crate::upstream::chunked::{ChunkedDecoder, Decoded};
 
 /// Body bytes are read in pieces up to this size.
 const MAX_READ: usize = 64 * 1024;

@@ -7,10 +7,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
-/// Header fields in one request head (hyper's limit: more is 431).
-pub const MAX_HEADERS: usize = 100;
+use crate::http1::{self, MAX_HEADERS};
 
 /// A complete request head.
 #[derive(Debug)]
@@ -67,9 +66,9 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     } else {
         Version::HTTP_11
     };
-    let base = buf.as_ptr() as usize;
+    let base = buf.as_ptr();
     let path = parsed.path.unwrap_or("");
-    let path_span = span(base, path.as_bytes());
+    let path_span = http1::span(base, path.as_bytes());
 
     // Where each field lies in the head, so the values can share the head's bytes.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -83,29 +82,19 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     let mut keep_alive_token = false;
     let mut expects_continue = false;
     for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let (name_at, name_end) = span(base, field.name.as_bytes());
-        let (value_at, value_end) = span(base, field.value);
-        *slot = (name_at, name_end, value_at, value_end);
+        *slot = http1::field_span(base, field);
         let name = field.name.as_bytes();
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 lengths += 1;
-                let digits = field.value.trim_ascii();
-                if !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit)
-                {
-                    length = Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
-                } else {
-                    length_invalid = true;
+                match http1::content_length(field.value) {
+                    Some(value) => length = Some(value),
+                    None => length_invalid = true,
                 }
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 transfer_encoding = true;
-                // The last coding decides whether the body is chunked.
-                chunked = field
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = http1::ends_chunked(field.value);
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in field.value.split(|&b| b == b',') {
@@ -150,15 +139,7 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     let (path_at, path_end) = path_span;
     let uri = Uri::from_maybe_shared(head.slice(path_at as usize..path_end as usize))
         .map_err(|_| bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_end, value_at, value_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_at as usize..name_end as usize])
-            .map_err(|_| bad("invalid header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_at as usize..value_end as usize))
-                .map_err(|_| bad("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = http1::header_map(&head, &spans[..count], 0).map_err(bad)?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -173,11 +154,6 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
         framing_error,
         keep_alive,
     }))
-}
-
-fn span(base: usize, part: &[u8]) -> (u32, u32) {
-    let at = part.as_ptr() as usize - base;
-    (at as u32, (at + part.len()) as u32)
 }
 
 fn bad(why: &'static str) -> ParseError {

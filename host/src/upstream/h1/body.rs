@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::H1Connection;
-use super::chunked::{ChunkedDecoder, Decoded};
+use crate::http1::chunked::{ChunkedDecoder, Decoded};
 use crate::proxy::body::BoxError;
 use crate::upstream::target::Target;
 

@@ -11,7 +11,6 @@
 //! sent), see `Transport::send`.
 
 mod body;
-pub(crate) mod chunked;
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -21,20 +20,19 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use http::request::Parts;
 use http::uri::Authority;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
 
 use super::target::Target;
 use super::transport::UpstreamIo;
 use crate::error::{ErrorKind, ProxyError};
+use crate::http1::{self, FieldSet, MAX_HEADERS};
 use body::Framing;
 pub use body::H1Body;
 
 /// A response head larger than this is refused (hyper's default limit is about the same).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Header fields in one response head.
-const MAX_HEADERS: usize = 100;
 /// Request bodies up to this size go out in the same write as the head.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 /// What a read asks the socket for at least.
@@ -225,6 +223,13 @@ enum Parsed {
     Partial,
 }
 
+fn parse_length(value: &[u8]) -> Result<u64, HeadError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or(HeadError::Invalid("invalid Content-Length"))
+}
+
 fn reset(addr: &str, what: &str, err: io::Error) -> ProxyError {
     ProxyError::new(ErrorKind::UpstreamReset, format!("{what}: {addr}")).with_source(err)
 }
@@ -303,7 +308,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     let http10 = parsed.version == Some(0);
 
     // Where each field lies in the head, so the values can share the head's bytes.
-    let base = buf.as_ptr() as usize;
+    let base = buf.as_ptr();
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = parsed.headers.len();
     let mut length: Option<u64> = None;
@@ -313,23 +318,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     // Connection-management fields (bit i: field i) are the client's business, consumed here;
     // the proxy would strip them anyway. Unless `Connection` names other fields: then all
     // stay, for the proxy's full hop-by-hop removal.
-    let mut hop_by_hop = 0u128;
+    let mut hop_by_hop: FieldSet = 0;
+    let mut length_fields: FieldSet = 0;
     let mut connection_names_fields = false;
     for (i, (span, field)) in spans.iter_mut().zip(parsed.headers.iter()).enumerate() {
-        let name_at = field.name.as_ptr() as usize - base;
-        let value_at = field.value.as_ptr() as usize - base;
-        *span = (
-            name_at as u32,
-            (name_at + field.name.len()) as u32,
-            value_at as u32,
-            (value_at + field.value.len()) as u32,
-        );
+        *span = http1::field_span(base, field);
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let value = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
+            length_fields |= 1 << i;
+            let value = parse_length(field.value)?;
             if length.is_some_and(|earlier| earlier != value) {
                 return Err(HeadError::Invalid("conflicting Content-Length fields"));
             }
@@ -337,12 +334,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             hop_by_hop |= 1 << i;
             transfer_encoding = true;
-            // The last coding decides whether the body is chunked.
-            chunked = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = http1::ends_chunked(field.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             hop_by_hop |= 1 << i;
             for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -382,27 +374,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
             close = true;
             Framing::UntilClose
         };
-    let drop_length = transfer_encoding && length.is_some();
-
     if connection_names_fields {
         hop_by_hop = 0;
     }
-    let mut headers = HeaderMap::with_capacity(count);
-    for (i, &(name_start, name_end, value_start, value_end)) in spans[..count].iter().enumerate() {
-        if hop_by_hop & (1 << i) != 0 {
-            continue;
-        }
-        let name = &head[name_start as usize..name_end as usize];
-        let name =
-            HeaderName::from_bytes(name).map_err(|_| HeadError::Invalid("invalid header name"))?;
-        if drop_length && name == http::header::CONTENT_LENGTH {
-            continue;
-        }
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| HeadError::Invalid("invalid header value"))?;
-        headers.append(name, value);
-    }
+    // Content-Length next to Transfer-Encoding is not passed on (see the framing above).
+    let skip = if transfer_encoding {
+        hop_by_hop | length_fields
+    } else {
+        hop_by_hop
+    };
+    let headers = http1::header_map(&head, &spans[..count], skip).map_err(HeadError::Invalid)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = if http10 {
@@ -444,6 +425,7 @@ fn encode_for_test(request: &http::Request<RequestBody>) -> String {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use http::HeaderValue;
 
     fn parse(
         raw: &[u8],

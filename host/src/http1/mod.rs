@@ -1,0 +1,110 @@
+//! What the gateway's two HTTP/1.1 halves, the server connection (`server::h1`) and the
+//! upstream client (`upstream::h1`), read the same way: where a parsed head's fields lie, the
+//! framing fields, the header map built from them, and chunked bodies.
+
+pub mod chunked;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Header fields in one head; more is refused (hyper's limit too).
+pub const MAX_HEADERS: usize = 100;
+
+/// Where a field lies in its head: name start and end, value start and end. Kept as offsets so
+/// that, once the head is split off the read buffer, the values can share its bytes.
+pub type FieldSpan = (u32, u32, u32, u32);
+
+/// The span of one field parsed (by httparse) from a buffer starting at `base`.
+pub fn field_span(base: *const u8, field: &httparse::Header<'_>) -> FieldSpan {
+    let (name_at, name_end) = span(base, field.name.as_bytes());
+    let (value_at, value_end) = span(base, field.value);
+    (name_at, name_end, value_at, value_end)
+}
+
+/// The offsets of `part`, a slice of a buffer starting at `base`. Heads are bounded far below
+/// 4 GiB, so the offsets fit.
+pub fn span(base: *const u8, part: &[u8]) -> (u32, u32) {
+    let at = part.as_ptr() as usize - base as usize;
+    (at as u32, (at + part.len()) as u32)
+}
+
+/// A `Content-Length` value: `1*DIGIT` (RFC 9110 §8.6) that fits in 64 bits, nothing else
+/// (no sign, no list, no inner spaces): a lenient reading is where smuggling starts.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether a `Transfer-Encoding` value's last coding is `chunked`: that decides the framing.
+pub fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// A set of field indexes (bit i: field i); [`MAX_HEADERS`] fits.
+pub type FieldSet = u128;
+
+/// The fields of `head` at `spans`, their values sharing `head`'s bytes, except those in
+/// `skip`. The error says which part was invalid.
+pub fn header_map(
+    head: &Bytes,
+    spans: &[FieldSpan],
+    skip: FieldSet,
+) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (i, &(name_at, name_end, value_at, value_end)) in spans.iter().enumerate() {
+        if skip & (1 << i) != 0 {
+            continue;
+        }
+        let name = HeaderName::from_bytes(&head[name_at as usize..name_end as usize])
+            .map_err(|_| "invalid header name")?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_at as usize..value_end as usize))
+                .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"0007"), Some(7));
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1, 1",
+            b"1 1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_coding_decides() {
+        assert!(ends_chunked(b"gzip, Chunked "));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(!ends_chunked(b"xchunked"));
+    }
+}
