@@ -223,13 +223,6 @@ enum Parsed {
     Partial,
 }
 
-fn parse_length(value: &[u8]) -> Result<u64, HeadError> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or(HeadError::Invalid("invalid Content-Length"))
-}
-
 fn reset(addr: &str, what: &str, err: io::Error) -> ProxyError {
     ProxyError::new(ErrorKind::UpstreamReset, format!("{what}: {addr}")).with_source(err)
 }
@@ -326,7 +319,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             length_fields |= 1 << i;
-            let value = parse_length(field.value)?;
+            let value = http1::content_length(field.value)
+                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
             if length.is_some_and(|earlier| earlier != value) {
                 return Err(HeadError::Invalid("conflicting Content-Length fields"));
             }
@@ -599,6 +593,10 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
