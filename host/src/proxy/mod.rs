@@ -138,117 +138,120 @@ async fn proxy(
     };
     let (parts, incoming) = request.into_parts();
 
-    // Request phase of the route's plugins (they see the client's request as received).
-    let (mut parts, buffered, incoming, rewritten_path, mut call) = if route.plugins.is_empty() {
-        (
-            parts,
-            None,
-            Some(incoming),
-            rewritten_path,
-            ChainCall::default(),
-        )
-    } else {
-        let identity = (client_ip, route.name.clone(), record.request_id().clone());
-        let after = plugins::request_phase(
-            &route.plugins,
-            parts,
-            incoming,
-            snapshot.max_body_bytes,
-            identity,
-            &mut record.ctx,
-        )
-        .await?;
-        match after {
-            AfterRequest::Respond {
-                response,
-                ran,
-                mut call,
-            } => {
-                return plugins::response_phase(
-                    &route.plugins,
-                    &mut call,
-                    ran,
-                    response,
-                    snapshot.max_body_bytes,
-                    &mut record.ctx,
-                )
-                .await;
-            }
-            AfterRequest::Forward {
+    let mut call = ChainCall::default();
+    // The exchange ends with a response and the number of plugins that see it: a plugin's
+    // answer (the plugins up to it) or the upstream's (all of them).
+    let (response, ran) = 'exchange: {
+        // Request phase of the route's plugins (they see the client's request as received).
+        let (mut parts, buffered, incoming, rewritten_path) = if route.plugins.is_empty() {
+            (parts, None, Some(incoming), rewritten_path)
+        } else {
+            let (body, incoming) = if route.plugins.needs_request_body() {
+                let body = plugins::buffer_request(incoming, snapshot.max_body_bytes).await?;
+                (Some(body), None)
+            } else {
+                (None, Some(incoming))
+            };
+            let identity = (client_ip, route.name.clone(), record.request_id().clone());
+            let after = plugins::request_phase(
+                &route.plugins,
                 parts,
                 body,
                 incoming,
-                path_changed,
-                call,
-            } => {
-                if let Some(limit) = limit_after_plugins {
-                    *quota_headers =
-                        Some(enforce(limit, client_ip, &parts.headers, &record.ctx).await?);
+                identity,
+                &mut record.ctx,
+            )?;
+            match after {
+                AfterRequest::Respond {
+                    response,
+                    ran,
+                    call: chain_call,
+                } => {
+                    call = chain_call;
+                    break 'exchange (response, ran);
                 }
-                // A plugin that set the path decides it; the route's rewrite no longer applies.
-                let rewritten_path = if path_changed { None } else { rewritten_path };
-                (parts, body, incoming, rewritten_path, call)
+                AfterRequest::Forward {
+                    parts,
+                    body,
+                    incoming,
+                    path_changed,
+                    call: chain_call,
+                } => {
+                    call = chain_call;
+                    if let Some(limit) = limit_after_plugins {
+                        *quota_headers =
+                            Some(enforce(limit, client_ip, &parts.headers, &record.ctx).await?);
+                    }
+                    // A plugin that set the path decides it; the route's rewrite no longer applies.
+                    let rewritten_path = if path_changed { None } else { rewritten_path };
+                    (parts, body, incoming, rewritten_path)
+                }
             }
+        };
+
+        prepare_upstream_request(
+            &mut parts,
+            conn,
+            &snapshot.trusted_proxies,
+            &route,
+            &upstream,
+            rewritten_path,
+            client_upgrade.is_some(),
+        )?;
+        let body = match (buffered, incoming) {
+            (Some(bytes), _) => RequestBody::Full(Some(bytes)),
+            (None, Some(incoming)) if !incoming.is_end_stream() => {
+                let cap = if upstream.retry.may_replay(&parts.method) {
+                    upstream.retry.max_replay_body
+                } else {
+                    0
+                };
+                RequestBody::Replay(ReplayBody::new(
+                    LimitedIncoming::new(incoming, snapshot.max_body_bytes),
+                    cap,
+                ))
+            }
+            (None, _) => RequestBody::Empty,
+        };
+        // The whole exchange, retries and the response body included, ends by this deadline.
+        let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
+        let (mut response, lease) = forward(&upstream, parts, body, deadline, record).await?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response, &conn.tasks)),
+                None => Err(ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    "upstream switched protocols without being asked",
+                )),
+            };
         }
+        headers::strip_hop_by_hop(response.headers_mut(), false, false);
+        let (parts, body) = response.into_parts();
+        let response = Response::from_parts(
+            parts,
+            ResponseBody::upstream(body)
+                .with_deadline(deadline)
+                .with_lease(lease),
+        );
+        if route.plugins.is_empty() {
+            return Ok(response);
+        }
+        // Every plugin let the request through, so every one sees the response.
+        (response, route.plugins.len())
     };
 
-    prepare_upstream_request(
-        &mut parts,
-        conn,
-        &snapshot.trusted_proxies,
-        &route,
-        &upstream,
-        rewritten_path,
-        client_upgrade.is_some(),
-    )?;
-    let body = match (buffered, incoming) {
-        (Some(bytes), _) => RequestBody::Full(Some(bytes)),
-        (None, Some(incoming)) if !incoming.is_end_stream() => {
-            let cap = if upstream.retry.may_replay(&parts.method) {
-                upstream.retry.max_replay_body
-            } else {
-                0
-            };
-            RequestBody::Replay(ReplayBody::new(
-                LimitedIncoming::new(incoming, snapshot.max_body_bytes),
-                cap,
-            ))
-        }
-        (None, _) => RequestBody::Empty,
-    };
-    // The whole exchange, retries and the response body included, ends by this deadline.
-    let deadline = Instant::now() + route.timeout.unwrap_or(upstream.timeout);
-    let (mut response, lease) = forward(&upstream, parts, body, deadline, record).await?;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return match client_upgrade {
-            Some(client_upgrade) => Ok(upgrade::tunnel(client_upgrade, response, &conn.tasks)),
-            None => Err(ProxyError::new(
-                ErrorKind::UpstreamProtocol,
-                "upstream switched protocols without being asked",
-            )),
-        };
-    }
-    headers::strip_hop_by_hop(response.headers_mut(), false, false);
-    let (parts, body) = response.into_parts();
-    let response = Response::from_parts(
-        parts,
-        ResponseBody::upstream(body)
-            .with_deadline(deadline)
-            .with_lease(lease),
-    );
-    if route.plugins.is_empty() {
+    // Response phase. Inline rather than an async helper: this runs on every request of a
+    // route with plugins, and a chain that reads no body then makes no future for it.
+    if ran == 0 {
         return Ok(response);
     }
-    // Every plugin let the request through, so every one sees the response.
-    plugins::response_phase(
-        &route.plugins,
-        &mut call,
-        route.plugins.len(),
-        response,
-        snapshot.max_body_bytes,
-        &mut record.ctx,
-    )
-    .await
+    let (parts, body) = response.into_parts();
+    let body = if route.plugins.needs_response_body() {
+        plugins::buffer_response(body, snapshot.max_body_bytes).await?
+    } else {
+        plugins::ResponseSource::Streaming(body)
+    };
+    plugins::response_phase(&route.plugins, &mut call, ran, parts, body, &mut record.ctx)
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -42,19 +42,17 @@ fn plugin_error(failure: PluginFailure) -> ProxyError {
     ProxyError::new(ErrorKind::PluginFailed, failure.message)
 }
 
-pub async fn request_phase(
+/// Runs the request phase. `body` is the request body when the chain reads it (buffered by
+/// [`buffer_request`]); otherwise `incoming` still holds it, untouched. Not async: buffering
+/// is the caller's, so that a chain that reads no body costs no future.
+pub fn request_phase(
     chain: &PluginChain,
     parts: Parts,
-    incoming: ClientBody,
-    max_body_bytes: u64,
+    body: Option<Bytes>,
+    incoming: Option<ClientBody>,
     identity: (IpAddr, Arc<str>, HeaderValue),
     ctx: &mut Context,
 ) -> Result<AfterRequest, ProxyError> {
-    let (body, incoming) = if chain.needs_request_body() {
-        (Some(collect_request(incoming, max_body_bytes).await?), None)
-    } else {
-        (None, Some(incoming))
-    };
     let (client_ip, route, request_id) = identity;
     let info = RequestInfo::new(client_ip, route, request_id, &parts);
     let original_path = info.uri.clone();
@@ -92,7 +90,11 @@ pub async fn request_phase(
     }
 }
 
-async fn collect_request(incoming: ClientBody, max_body_bytes: u64) -> Result<Bytes, ProxyError> {
+/// The request body, read whole for a chain that reads it.
+pub async fn buffer_request(
+    incoming: ClientBody,
+    max_body_bytes: u64,
+) -> Result<Bytes, ProxyError> {
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
     match Limited::new(incoming, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -157,30 +159,40 @@ fn response_body_error(err: BoxError, max_body_bytes: u64) -> ProxyError {
     ProxyError::new(kind, message).with_source(err)
 }
 
-/// Runs the response phase of the first `ran` plugins.
-pub async fn response_phase(
+/// The response body the response phase works on.
+pub enum ResponseSource {
+    /// The chain does not read bodies: the body streams through afterwards.
+    Streaming(ResponseBody),
+    /// Read whole by [`buffer_response`]: the body and its trailers.
+    Buffered(Bytes, Option<HeaderMap>),
+}
+
+/// The upstream's response body (and trailers), read whole for a chain that reads it.
+pub async fn buffer_response(
+    body: ResponseBody,
+    max_body_bytes: u64,
+) -> Result<ResponseSource, ProxyError> {
+    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+    let collected = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|err| response_body_error(err, max_body_bytes))?;
+    let trailers = collected.trailers().cloned();
+    Ok(ResponseSource::Buffered(collected.to_bytes(), trailers))
+}
+
+/// Runs the response phase of the first `ran` plugins. Not async, like [`request_phase`].
+pub fn response_phase(
     chain: &PluginChain,
     call: &mut ChainCall,
     ran: usize,
-    response: Response<ResponseBody>,
-    max_body_bytes: u64,
+    parts: http::response::Parts,
+    body: ResponseSource,
     ctx: &mut Context,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    if ran == 0 {
-        return Ok(response);
-    }
-    let (parts, body) = response.into_parts();
-    let buffer = chain.needs_response_body();
-    let (buffered, trailers, streaming) = if buffer {
-        let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-        let collected = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|err| response_body_error(err, max_body_bytes))?;
-        let trailers = collected.trailers().cloned();
-        (Some(collected.to_bytes()), trailers, None)
-    } else {
-        (None, None, Some(body))
+    let (buffered, trailers, streaming) = match body {
+        ResponseSource::Streaming(body) => (None, None, Some(body)),
+        ResponseSource::Buffered(body, trailers) => (Some(body), trailers, None),
     };
     let mut view = ResponseView {
         parts,
