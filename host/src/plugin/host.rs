@@ -248,10 +248,10 @@ impl CallState {
         &mut self,
         part: Part,
         name: &str,
-        value: &[u8],
+        value: Vec<u8>,
         append: bool,
     ) -> Result<(), String> {
-        self.charge(name, value)?;
+        self.charge(name, &value)?;
         set(self.headers(part), name, value, append)
     }
 
@@ -342,8 +342,9 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
-fn header_value(value: &[u8]) -> Result<HeaderValue, String> {
-    HeaderValue::from_bytes(value)
+/// The value the plugin's call handed over, kept as it is (validated, not copied).
+fn header_value(value: Vec<u8>) -> Result<HeaderValue, String> {
+    HeaderValue::from_maybe_shared(Bytes::from(value))
         .map_err(|_| "invalid header value (control characters?)".to_owned())
 }
 
@@ -378,7 +379,7 @@ pub fn reserved(name: &HeaderName) -> bool {
     )
 }
 
-fn set(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
+fn set(headers: &mut HeaderMap, name: &str, value: Vec<u8>, append: bool) -> Result<(), String> {
     let name = header_name(name)?;
     // `te: trailers` is the one TE that HTTP/2 allows, and gRPC requires it: a plugin turning
     // a request into a gRPC call must be able to say it.
@@ -476,7 +477,7 @@ impl api::HostRequest for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.put_header(Part::Request, &name, &value, false)
+        self.put_header(Part::Request, &name, value, false)
     }
 
     fn append_header(
@@ -485,7 +486,7 @@ impl api::HostRequest for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.put_header(Part::Request, &name, &value, true)
+        self.put_header(Part::Request, &name, value, true)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
@@ -568,7 +569,7 @@ impl api::HostResponse for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.put_header(Part::Response, &name, &value, false)
+        self.put_header(Part::Response, &name, value, false)
     }
 
     fn append_header(
@@ -577,7 +578,7 @@ impl api::HostResponse for CallState {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        self.put_header(Part::Response, &name, &value, true)
+        self.put_header(Part::Response, &name, value, true)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
@@ -615,7 +616,7 @@ impl api::HostResponse for CallState {
         if reserved(&name) {
             return Err(format!("`{name}` is managed by the gateway"));
         }
-        let value = header_value(&value)?;
+        let value = header_value(value)?;
         response
             .trailers
             .get_or_insert_with(HeaderMap::new)
@@ -671,10 +672,10 @@ mod tests {
     #[test]
     fn reserved_headers_are_refused_except_te_trailers() {
         let mut headers = HeaderMap::new();
-        assert!(set(&mut headers, "content-length", b"5", false).is_err());
-        assert!(set(&mut headers, "te", b"gzip", false).is_err());
-        assert!(set(&mut headers, "x-ok", b"1", true).is_ok());
-        assert!(set(&mut headers, "TE", b"Trailers", false).is_ok());
+        assert!(set(&mut headers, "content-length", b"5".to_vec(), false).is_err());
+        assert!(set(&mut headers, "te", b"gzip".to_vec(), false).is_err());
+        assert!(set(&mut headers, "x-ok", b"1".to_vec(), true).is_ok());
+        assert!(set(&mut headers, "TE", b"Trailers".to_vec(), false).is_ok());
         assert_eq!(headers["te"], "Trailers");
         assert!(!headers.contains_key("content-length"));
     }
