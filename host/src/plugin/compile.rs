@@ -279,7 +279,11 @@ fn compile_elsewhere(
     load_artifact(engine, path).map_err(|unusable| {
         Failure::Other(match unusable {
             Unusable::Missing => format!("{} was not written", path.display()),
-            Unusable::Damaged(why) => format!("its artifact does not load: {why}"),
+            Unusable::Damaged(why) => {
+                // Not left for the next start to find.
+                let _ = fs::remove_file(path);
+                format!("its artifact does not load: {why}")
+            }
         })
     })
 }
