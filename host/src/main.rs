@@ -38,11 +38,27 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Compiles one plugin (the wasm on standard input) for the gateway, which runs this
+    /// itself: see `plugin::compile`.
+    #[command(name = wasmgate::plugin::COMPILE_SUBCOMMAND, hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        out: PathBuf,
+        /// The gateway's engine compatibility hash, which this binary's must equal.
+        #[arg(long)]
+        engine: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::CompilePlugin { .. }) {
+        set_compiler();
+    }
     match cli.command {
+        Command::CompilePlugin { out, engine } => {
+            wasmgate::plugin::compile_process_main(&out, &engine)
+        }
         Command::Check { config } => check(&config),
         Command::Run { config } => match config::load_file(&config) {
             Ok(loaded) => run(loaded, Some(config)),
@@ -50,6 +66,23 @@ fn main() -> ExitCode {
         },
         Command::Demo { listen } => demo(&listen),
     }
+}
+
+/// Plugins are compiled by this binary run again (`wasmgate __compile-plugin`), so that the
+/// compiler's code and memory stay out of the gateway's process. `/proc/self/exe` is this very
+/// binary even after an upgrade replaced or removed its file; `current_exe()` elsewhere.
+fn set_compiler() {
+    let exe = PathBuf::from("/proc/self/exe");
+    let exe = if exe.exists() {
+        exe
+    } else {
+        match std::env::current_exe() {
+            Ok(exe) => exe,
+            // Plugins are then compiled in this process.
+            Err(_) => return,
+        }
+    };
+    wasmgate::plugin::set_compiler(exe);
 }
 
 fn print_errors(errors: &ConfigErrors) -> ExitCode {

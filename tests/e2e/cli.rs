@@ -113,6 +113,7 @@ fn run_refuses_a_bad_config() {
 async fn demo_serves_its_routes() {
     let mut child = Command::new(gateway::BINARY)
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .env(gateway::PLUGIN_CACHE_ENV, gateway::plugin_cache())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

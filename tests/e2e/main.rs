@@ -15,6 +15,7 @@ mod forwarding;
 mod grpc;
 mod limits;
 mod metrics;
+mod plugin_cache;
 mod plugins;
 mod rate_limit;
 mod reload;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::compile::{self, Origin};
 use super::host::{CallState, PluginWorld, PluginWorldPre};
 
 /// One epoch tick: the granularity of plugin time limits.
@@ -139,6 +140,20 @@ impl Drop for Running<'_> {
     }
 }
 
+/// The settings that decide what compiled code looks like and whether it loads: the gateway's
+/// engine adds its instance allocator to these, and the compile process
+/// (`wasmgate __compile-plugin`) uses them as they are, so that what one compiles the other
+/// loads (their `Engine::precompile_compatibility_hash` agree: a unit test in `compile.rs`
+/// checks it).
+pub(super) fn compile_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true);
+    config
+}
+
 impl PluginEngine {
     /// The engine, created (and its epoch ticker started) on first use: a gateway without
     /// plugins pays nothing for them.
@@ -168,12 +183,8 @@ impl PluginEngine {
             pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
                 .table_keep_resident(TABLE_KEEP_RESIDENT);
         }
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut config = compile_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)
             .map_err(|err| format!("cannot start the WebAssembly engine: {err:#}"))?;
         let mut linker = Linker::new(&engine);
@@ -199,16 +210,17 @@ impl PluginEngine {
         Running(&self.ticker)
     }
 
-    /// Compiles (or finds in the cache) a plugin component and links it.
-    pub fn load(&self, bytes: &[u8]) -> Result<PluginWorldPre<CallState>, String> {
+    /// Compiles (or finds in the caches, in memory or on disk) a plugin component and links
+    /// it; `None` for the origin when it was already loaded in this process.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(PluginWorldPre<CallState>, Option<Origin>), String> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(pre) = self.compiled.lock().get(&hash) {
-            return Ok(pre.clone());
+            return Ok((pre.clone(), None));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|err| format!("not a valid plugin component: {err:#}"));
-        release_compiler_memory();
-        let component = component?;
+        let (component, origin) = compile::load_component(&self.engine, &hash, bytes)?;
         // WASI functions the gateway does not offer (streams, files, sockets) trap when called:
         // that fails the one request, never the gateway.
         let mut linker = self.linker.clone();
@@ -227,7 +239,7 @@ impl PluginEngine {
             compiled.clear();
         }
         compiled.insert(hash, pre.clone());
-        Ok(pre)
+        Ok((pre, Some(origin)))
     }
 }
 
@@ -334,8 +346,8 @@ pub fn ticks(limit: Duration) -> u64 {
 /// Compiling a component allocates and frees tens of MiB on wasmtime's compile threads
 /// (rayon's global pool), and mimalloc keeps the freed pages in each thread's own heap until
 /// that thread allocates again, which an idle compile thread never does: ask each of them,
-/// and this thread, to give them back.
-fn release_compiler_memory() {
+/// and this thread, to give them back. (Only when the gateway compiles in its own process.)
+pub(super) fn release_compiler_memory() {
     // Links mimalloc into every binary of this crate (the gateway's allocator is set in the
     // binary; unit tests run on the system allocator, where this call frees nothing).
     extern crate mimalloc as _;

@@ -1,11 +1,13 @@
 //! WebAssembly plugins: per-route request and response policies, sandboxed.
 //!
-//! [`engine`] owns the one wasmtime engine and the compiled-module cache; [`host`] is the
+//! [`engine`] owns the one wasmtime engine and the compiled-module cache; [`compile`] compiles
+//! modules in a separate process and keeps the results on disk; [`host`] is the
 //! gateway's side of the plugin world (what a plugin may call); [`pool`] keeps instances of
 //! one module with one route's config. A route's [`PluginChain`] runs `on-request` in order and
 //! `on-response` in reverse. Everything a plugin can do to a request goes through this module,
 //! so a second ABI (proxy-wasm) could sit beside it later.
 
+mod compile;
 mod config;
 mod deadline;
 mod engine;
@@ -16,6 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use compile::{
+    CACHE_ENV as PLUGIN_CACHE_ENV, SUBCOMMAND as COMPILE_SUBCOMMAND, compile_process_main,
+    set_compiler,
+};
 pub use config::resolve_config;
 pub use host::reserved as reserved_header;
 pub use host::{Action, Context, Reply, RequestInfo, RequestView, ResponseView};
@@ -78,8 +84,12 @@ pub fn load_plugins(
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let pre = match engine.load(&bytes) {
-            Ok(pre) => pre,
+            Ok((pre, origin)) => {
+                log_origin(name, origin, started.elapsed());
+                pre
+            }
             Err(message) => {
                 diagnostics.error(
                     config.path.span(),
@@ -111,6 +121,23 @@ pub fn load_plugins(
         plugins.insert(name.clone(), (Arc::new(spec), pre));
     }
     plugins
+}
+
+/// Says where a plugin module came from when it was not in memory already.
+fn log_origin(name: &str, origin: Option<compile::Origin>, took: Duration) {
+    let millis = took.as_millis();
+    match origin {
+        None => {}
+        Some(compile::Origin::DiskCache) => {
+            tracing::info!("plugin {name}: loaded from the compile cache in {millis} ms")
+        }
+        Some(compile::Origin::CompileProcess) => {
+            tracing::info!("plugin {name}: compiled in {millis} ms (in a compile process)")
+        }
+        Some(compile::Origin::InProcess) => {
+            tracing::info!("plugin {name}: compiled in {millis} ms (in the gateway's process)")
+        }
+    }
 }
 
 /// One plugin in a route's chain: the module with this route's config.

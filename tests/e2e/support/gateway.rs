@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_wasmgate");
+/// Where the gateway keeps compiled plugins (`docs/config.md`).
+pub const PLUGIN_CACHE_ENV: &str = "WASMGATE_PLUGIN_CACHE";
+
+/// The compiled-plugin cache the tests' gateways share (in the target directory, not the
+/// user's `~/.cache`), so that a plugin is compiled once per build.
+pub fn plugin_cache() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
 
 pub struct GatewayProcess {
     child: Child,
@@ -41,12 +49,23 @@ impl GatewayProcess {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> GatewayProcess {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`GatewayProcess::start_in`], with more environment variables.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &Path)],
+    ) -> GatewayProcess {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BINARY)
             .args(["run", "-c"])
             .arg(&path)
             .env("WASMGATE_LOG", "info")
+            .env(PLUGIN_CACHE_ENV, plugin_cache())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -209,6 +228,7 @@ pub fn check(path: &Path) -> (bool, String, String) {
     let output = Command::new(BINARY)
         .args(["check", "-c"])
         .arg(path)
+        .env(PLUGIN_CACHE_ENV, plugin_cache())
         .output()
         .unwrap();
     (
