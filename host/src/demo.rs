@@ -206,8 +206,25 @@ fn write_demo_plugins() -> io::Result<Option<std::path::PathBuf>> {
     std::fs::create_dir_all(&dir)?;
     for (name, bytes) in MODULES {
         std::fs::write(dir.join(name), bytes)?;
+        release_pages(bytes);
     }
     Ok(Some(dir))
+}
+
+/// Gives back the pages of an embedded module, read once to write it out and never again:
+/// 2.7 MiB of the demo's resident memory otherwise (docs/benchmarks.md).
+#[cfg(wasmgate_demo_plugin)]
+fn release_pages(bytes: &'static [u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: the range is whole pages inside a static in the binary's read-only data, a
+        // private mapping of the executable that nothing writes: after MADV_DONTNEED a read
+        // faults the same bytes back in from the file, so the static's contents never change.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 #[cfg(not(wasmgate_demo_plugin))]
