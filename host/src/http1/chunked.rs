@@ -13,7 +13,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 #[derive(Debug, PartialEq)]
 pub struct ChunkedDecoder {
     state: State,
-    trailers: Option<HeaderMap>,
+    /// Boxed: trailers are rare, and the decoder lives in every chunked response body, which
+    /// moves along the proxy path.
+    trailers: Option<Box<HeaderMap>>,
     trailer_bytes: usize,
 }
 
@@ -108,14 +110,14 @@ impl ChunkedDecoder {
                     if line.is_empty() {
                         self.state = State::Done;
                         if let Some(trailers) = self.trailers.take() {
-                            return Ok(Decoded::Trailers(trailers));
+                            return Ok(Decoded::Trailers(*trailers));
                         }
                         return Ok(Decoded::Done);
                     }
                     self.trailer_bytes += line.len() + 2;
                     let (name, value) = parse_trailer(&line)?;
                     self.trailers
-                        .get_or_insert_with(HeaderMap::new)
+                        .get_or_insert_with(Box::default)
                         .append(name, value);
                 }
                 State::Done => return Ok(Decoded::Done),

@@ -366,7 +366,8 @@ pub struct ResponseBody {
 enum ResponseInner {
     Upstream(UpstreamBody),
     /// A whole body (error pages, plugin replies, bodies plugins rewrote) and its trailers.
-    Full(Option<Bytes>, Option<HeaderMap>),
+    /// (The trailers are boxed: rare, and this body moves along the whole proxy path.)
+    Full(Option<Bytes>, Option<Box<HeaderMap>>),
 }
 
 impl ResponseBody {
@@ -384,7 +385,7 @@ impl ResponseBody {
     /// Trailers after a whole body.
     pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
         if let ResponseInner::Full(_, slot) = &mut self.inner {
-            *slot = trailers;
+            *slot = trailers.map(Box::new);
         }
         self
     }
@@ -471,7 +472,7 @@ impl Body for ResponseBody {
             },
             ResponseInner::Full(bytes, trailers) => match bytes.take() {
                 Some(bytes) => Some(Ok(Frame::data(bytes))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
             },
         };
         match &polled {

@@ -78,7 +78,7 @@ impl TransportCache {
 #[derive(Default)]
 pub struct ConnectionPool {
     /// For the proxy's own HTTP/1.1 client.
-    idle_h1: IdleList<H1Connection>,
+    idle_h1: IdleList<Box<H1Connection>>,
     /// For hyper's (upgrades, streamed request bodies).
     idle: IdleList<http1::SendRequest<RequestBody>>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
@@ -94,11 +94,11 @@ impl std::fmt::Debug for ConnectionPool {
 }
 
 impl ConnectionPool {
-    fn take_h1(&self) -> Option<H1Connection> {
-        self.idle_h1.take(H1Connection::is_idle_usable)
+    fn take_h1(&self) -> Option<Box<H1Connection>> {
+        self.idle_h1.take(|conn| conn.is_idle_usable())
     }
 
-    pub(super) fn put_h1(&self, conn: H1Connection) {
+    pub(super) fn put_h1(&self, conn: Box<H1Connection>) {
         self.idle_h1.put(conn);
     }
 

@@ -37,7 +37,7 @@ impl Framing {
 
 pub struct H1Body {
     /// `None` once the body ended (or failed).
-    conn: Option<H1Connection>,
+    conn: Option<Box<H1Connection>>,
     framing: Framing,
     /// The response allows another exchange on the connection.
     keep_alive: bool,
@@ -46,7 +46,7 @@ pub struct H1Body {
 
 impl H1Body {
     pub(super) fn new(
-        conn: H1Connection,
+        conn: Box<H1Connection>,
         framing: Framing,
         keep_alive: bool,
         target: Arc<Target>,

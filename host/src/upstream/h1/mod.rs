@@ -59,13 +59,15 @@ pub enum ExchangeError {
 }
 
 impl H1Connection {
-    pub fn new(io: UpstreamIo) -> Self {
-        H1Connection {
+    /// Boxed once per connection: the connection moves into the exchange and into the response
+    /// body, which moves along the whole proxy path; as a pointer it keeps those moves small.
+    pub fn new(io: UpstreamIo) -> Box<Self> {
+        Box::new(H1Connection {
             io,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: Vec::with_capacity(512),
             reused: false,
-        }
+        })
     }
 
     /// Whether an idle connection may carry another request: nothing arrived on it while it
@@ -99,7 +101,7 @@ impl H1Connection {
     /// head; the response's body reads the rest and gives the connection back to `target`'s
     /// pool when it ends cleanly. The head is only borrowed: a retry sends it again.
     pub async fn send(
-        mut self,
+        mut self: Box<Self>,
         head: &Parts,
         body: Option<&[u8]>,
         target: &Arc<Target>,
