@@ -91,6 +91,7 @@ fn print_errors(errors: &ConfigErrors) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
+    wasmgate::telemetry::init_diagnostics("warn");
     let loaded = match config::load_file(path) {
         Ok(loaded) => loaded,
         Err(errors) => return print_errors(&ConfigErrors(errors)),

@@ -30,14 +30,22 @@ impl Drop for LogGuard {
 
 /// Installs the diagnostics subscriber and the access log. Keep the guard alive.
 pub fn init() -> LogGuard {
-    let filter = EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_diagnostics("info");
+    AccessLog::install();
+    LogGuard
+}
+
+/// The diagnostic log alone, on stderr, at `WASMGATE_LOG` or else `default_level`: what
+/// `wasmgate check` sets up (at "warn"), so that warnings from building the snapshot (an
+/// unusable plugin cache, a compile process that could not run) are not lost there.
+pub fn init_diagnostics(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let diagnostics = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(filter);
     let _ = tracing_subscriber::registry().with(diagnostics).try_init();
-    AccessLog::install();
-    LogGuard
 }
 
 /// Reopens the access-log file on every SIGUSR1 (what logrotate's `postrotate` sends).
