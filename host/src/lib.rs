@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod hex;
 pub mod http1;
 pub mod limit;
 pub mod plugin;

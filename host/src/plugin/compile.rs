@@ -31,6 +31,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::hex::hex;
+
 /// The environment variable that names the cache directory (or `off`).
 pub const CACHE_ENV: &str = "WASMGATE_PLUGIN_CACHE";
 /// The hidden subcommand the gateway runs to compile a plugin.
@@ -162,15 +164,6 @@ fn prepare_private_dir(dir: &Path) -> Result<(), String> {
         Ok(_) => Err("it belongs to another user".into()),
         Err(err) => Err(err.to_string()),
     }
-}
-
-/// A hex string of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
 }
 
 /// The engine's compatibility hash (what decides whether an artifact compiled by one engine

@@ -8,7 +8,8 @@
 //! sampler follows the parent record it; any `tracestate` goes (it belonged to no valid
 //! parent, and the spec forbids reading it then).
 
-use super::headers::{hex_into, random_id_bits};
+use super::headers::random_id_bits;
+use crate::hex::hex_into;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -211,7 +211,7 @@ pub fn inputs_hash(inputs: &[PathBuf]) -> String {
         }
     }
     let digest = hash.finalize();
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::hex::hex(&digest)
 }
 
 /// Reloads on every SIGHUP.
