@@ -10,7 +10,7 @@
 # dump ends the interval, and the instructions of the second dump (all threads, user space)
 # are divided by the requests wrk completed in it. An idle interval (IDLE s, no load, between
 # two more dumps) is measured too: its instructions per second are what the process spends
-# without requests (wasmtime's 1 ms epoch ticker when plugins are configured). Under
+# without requests (timers, the plugin watchdog). Under
 # valgrind the gateway serves only a few thousand requests per second, so that idle cost
 # weighs much more per request than at native speed; "net" subtracts it (idle rate x the
 # measured interval) and is the better estimate of the work a request itself causes.

@@ -64,7 +64,7 @@
 #   PLUGIN_DIR   where first_plugin.wasm, test_plugins.wasm, jwt.wasm and headers.wasm are
 #                (default target/wasm-plugins/wasm32-wasip2/release, built by host/build.rs)
 #   PAUSE_IDLE   1 = SIGSTOP the wasmgate processes that are not being measured, so that their
-#                timers (wasmtime's 1 ms epoch ticker) do not run next to the proxy under test
+#                timers (the plugin watchdog) do not run next to the proxy under test
 #                on core 0 (default 1; 0 = leave them running)
 #   WARMUP       warm-up run per target before measuring  (default 2s; 0 to skip)
 #   SKIP_BUILD   1 = do not run cargo build (the gateway, and bench/envoy-filter for envoy-wasm:

@@ -1,9 +1,8 @@
 //! The process's one wasmtime `Engine`: pooling allocator, copy-on-write memory images, epoch
-//! interruption for time limits, and compiled components cached by content hash so that a
+//! interruption for time limits (driven by `watchdog.rs`), and compiled components cached by content hash so that a
 //! reload recompiles only modules that changed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,9 +13,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::compile::{self, Origin};
 use super::host::{CallState, PluginWorld, PluginWorldPre};
+use super::watchdog::{Watchdog, Watched, now_nanos};
 
-/// One epoch tick: the granularity of plugin time limits.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The largest linear memory a plugin may have, whatever its `memory_limit`.
 pub const MAX_MEMORY: usize = 256 * 1024 * 1024;
 /// Compiled modules remembered for reuse across reloads.
@@ -34,110 +32,7 @@ pub struct PluginEngine {
     linker: Linker<CallState>,
     /// Compiled components by SHA-256 of their bytes.
     compiled: Mutex<HashMap<[u8; 32], PluginWorldPre<CallState>>>,
-    ticker: Arc<EpochTicker>,
-}
-
-/// The thread that advances the engine's epoch every [`EPOCH_TICK`] while plugin code runs.
-///
-/// When no plugin has been called for [`IDLE_TICKS`] ticks it parks, so an idle gateway does
-/// not wake up a thousand times a second, and the first call after that wakes it. The grace
-/// period is what keeps that wake-up off the request path under load: a ticker that parked
-/// whenever no call happened to be running at its tick (calls take a microsecond or two) was
-/// woken by a call almost every tick, a futex wake-up and a context switch each (measured:
-/// 0.4 us of CPU per request at 45k requests/s with one plugin, docs/benchmarks.md).
-struct EpochTicker {
-    /// Plugin calls and instantiations begun, and finished: those in progress are the
-    /// difference, and a change of `started` between two ticks is activity.
-    started: AtomicU64,
-    finished: AtomicU64,
-    parked: AtomicBool,
-    thread: std::thread::Thread,
-}
-
-/// Ticks without a plugin call after which the ticker parks.
-const IDLE_TICKS: u32 = 100;
-
-impl EpochTicker {
-    fn start(engine: &Engine) -> Result<Arc<EpochTicker>, String> {
-        let engine = engine.weak();
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<Arc<EpochTicker>>(1);
-        let thread = std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                let Ok(ticker) = receiver.recv() else { return };
-                let mut idle = Idle::default();
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    let Some(engine) = engine.upgrade() else {
-                        return;
-                    };
-                    engine.increment_epoch();
-                    drop(engine);
-                    ticker.park_while_idle(&mut idle);
-                }
-            })
-            .map_err(|err| format!("cannot start the plugin timer: {err}"))?;
-        let ticker = Arc::new(EpochTicker {
-            started: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
-            thread: thread.thread().clone(),
-        });
-        sender
-            .send(ticker.clone())
-            .map_err(|_| "the plugin timer stopped at start".to_owned())?;
-        Ok(ticker)
-    }
-
-    /// On the ticker thread, after each tick: parks once nothing ran for [`IDLE_TICKS`]
-    /// ticks. The park is a Dekker-style handshake with [`EpochTicker::enter`] (sequentially
-    /// consistent on both sides): either the ticker's second load sees a call's `started`
-    /// and does not park, or that call's load sees `parked` and unparks. `park` keeps an early
-    /// unpark's token, so no wake-up is lost.
-    fn park_while_idle(&self, idle: &mut Idle) {
-        let started = self.started.load(Ordering::SeqCst);
-        let running = started != self.finished.load(Ordering::SeqCst);
-        if running || started != idle.last_started {
-            *idle = Idle {
-                last_started: started,
-                ticks: 0,
-            };
-            return;
-        }
-        idle.ticks += 1;
-        if idle.ticks < IDLE_TICKS {
-            return;
-        }
-        self.parked.store(true, Ordering::SeqCst);
-        if self.started.load(Ordering::SeqCst) == started {
-            std::thread::park();
-        }
-        self.parked.store(false, Ordering::SeqCst);
-        idle.ticks = 0;
-    }
-
-    fn enter(&self) {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-    }
-}
-
-/// The ticker's view of recent activity.
-#[derive(Default)]
-struct Idle {
-    last_started: u64,
-    ticks: u32,
-}
-
-/// Plugin code is running; see [`PluginEngine::running`].
-pub struct Running<'a>(&'a EpochTicker);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::SeqCst);
-    }
+    watchdog: Arc<Watchdog>,
 }
 
 /// The settings that decide what compiled code looks like and whether it loads: the gateway's
@@ -155,7 +50,7 @@ pub(super) fn compile_config() -> Config {
 }
 
 impl PluginEngine {
-    /// The engine, created (and its epoch ticker started) on first use: a gateway without
+    /// The engine, created (and its watchdog started) on first use: a gateway without
     /// plugins pays nothing for them.
     pub fn get() -> Result<&'static PluginEngine, String> {
         static ENGINE: OnceLock<Result<PluginEngine, String>> = OnceLock::new();
@@ -194,20 +89,20 @@ impl PluginEngine {
             |state| state,
         )
         .map_err(|err| format!("cannot link the plugin API: {err:#}"))?;
-        let ticker = EpochTicker::start(&engine)?;
+        let watchdog = Watchdog::start(&engine)?;
         Ok(PluginEngine {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
-            ticker,
+            watchdog,
         })
     }
 
-    /// Marks plugin code running (a call or an instantiation) until the guard is dropped, so
-    /// that the epoch advances and the time limit holds.
-    pub fn running(&self) -> Running<'_> {
-        self.ticker.enter();
-        Running(&self.ticker)
+    /// Marks plugin code running on this thread (a call or an instantiation), due at
+    /// `deadline` (`watchdog::now_nanos`) with a time limit of `limit`, until the guard is
+    /// dropped: the watchdog stops it if it runs past.
+    pub fn watch(&self, deadline: u64, limit: Duration) -> Watched {
+        self.watchdog.watch(deadline, limit)
     }
 
     /// Compiles (or finds in the caches, in memory or on disk) a plugin component and links
@@ -311,7 +206,7 @@ fn stub_unavailable(
                         // The monotonic clock's `now` and `resolution` are real; waiting on it
                         // (`subscribe-*`) is not offered.
                         if monotonic && what.ends_with("#now") {
-                            results[0] = Val::U64(monotonic_nanos());
+                            results[0] = Val::U64(now_nanos());
                             return Ok(());
                         }
                         if monotonic && what.ends_with("#resolution") {
@@ -329,18 +224,6 @@ fn stub_unavailable(
         }
     }
     Ok(())
-}
-
-/// Nanoseconds on a monotonic clock (the process's start is zero).
-fn monotonic_nanos() -> u64 {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Ticks for a time limit (at least one).
-pub fn ticks(limit: Duration) -> u64 {
-    (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
 }
 
 /// Compiling a component allocates and frees tens of MiB on wasmtime's compile threads

@@ -13,6 +13,7 @@ mod deadline;
 mod engine;
 mod host;
 mod pool;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
+use super::deadline::NEXT_EPOCH;
 use super::engine::PluginEngine;
 use super::host::{
     Action, CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
@@ -85,15 +86,18 @@ impl InstancePool {
     }
 
     fn instantiate(&self) -> Result<(Instance, Needs), PluginFailure> {
-        let _running = self.engine.running();
         let mut store = Store::new(
             &self.engine.engine,
             CallState::new(self.spec.name.clone(), self.spec.memory_limit),
         );
         store.limiter(CallState::limiter);
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_expiry()));
-        let init_ticks = store.data_mut().deadline.begin(INIT_TIME_LIMIT);
-        store.set_epoch_deadline(init_ticks);
+        let due = store
+            .data_mut()
+            .deadline
+            .begin(INIT_TIME_LIMIT, Instant::now());
+        store.set_epoch_deadline(NEXT_EPOCH);
+        let _watched = self.engine.watch(due, INIT_TIME_LIMIT);
         let world = match self.pre.instantiate(&mut store) {
             Ok(world) => world,
             Err(err) => return Err(self.trap_failure("instantiation failed", &err, &mut store)),
@@ -251,10 +255,10 @@ impl InstancePool {
         lend(state);
         state.ctx = std::mem::take(shared.ctx);
         state.info = shared.info.take();
-        let limit_ticks = state.deadline.begin(self.spec.time_limit);
-        instance.store.set_epoch_deadline(limit_ticks);
+        let due = state.deadline.begin(self.spec.time_limit, Instant::now());
+        instance.store.set_epoch_deadline(NEXT_EPOCH);
         let result = {
-            let _running = self.engine.running();
+            let _watched = self.engine.watch(due, self.spec.time_limit);
             invoke(&mut instance)
         };
         let state = instance.store.data_mut();
