@@ -22,6 +22,7 @@ wasmtime::component::bindgen!({
 });
 
 use self::wasmgate::plugin::http::{self as api, Level};
+use super::loan::{Borrowed, Loan};
 pub use Plugin as PluginWorld;
 pub use PluginPre as PluginWorldPre;
 pub use exports::wasmgate::plugin::handler::{Action, Reply};
@@ -171,10 +172,11 @@ pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limits,
-    pub request: Option<RequestView>,
-    pub response: Option<ResponseView>,
-    pub ctx: Context,
-    pub info: Option<RequestInfo>,
+    /// What the running call borrows; nothing between calls.
+    loan: Loan,
+    /// Stand-ins for host calls made outside the phase their handle belongs to: wasmtime's
+    /// handle checks rule that out, so these only keep the host functions total.
+    spare: Option<Box<Spare>>,
     /// The running call's time limit.
     pub deadline: super::deadline::Deadline,
     /// Header bytes the current call has added.
@@ -198,10 +200,8 @@ impl CallState {
                     .build(),
                 memory_refused: false,
             },
-            request: None,
-            response: None,
-            ctx: Context::new(),
-            info: None,
+            loan: Loan::default(),
+            spare: None,
             deadline: Default::default(),
             header_output: 0,
         }
@@ -216,24 +216,50 @@ impl CallState {
         std::mem::take(&mut self.limits.memory_refused)
     }
 
-    /// Starts a call: the output budget is per call.
-    pub fn begin_call(&mut self) {
+    /// Starts a call with what it borrows: the output budget is per call.
+    ///
+    /// # Safety
+    ///
+    /// As [`Loan::begin`]: [`CallState::end_call`] comes before the borrows end.
+    pub unsafe fn begin_call(&mut self, borrowed: Borrowed<'_>) {
         self.header_output = 0;
         self.limits.memory_refused = false;
+        // SAFETY: the caller's promise.
+        unsafe { self.loan.begin(borrowed) };
+    }
+
+    /// Ends the call: the store keeps nothing of the request.
+    pub fn end_call(&mut self) {
+        self.loan.end();
     }
 
     fn request(&mut self) -> &mut RequestView {
-        // The handle exists only during `on-request`, when the view is set.
-        self.request.get_or_insert_with(empty_request)
+        // The request handle exists only during `on-request`, when the view is lent.
+        match self.loan.request() {
+            Some(view) => view,
+            None => &mut self.spare.get_or_insert_with(Spare::boxed).request,
+        }
     }
 
     fn response(&mut self) -> &mut ResponseView {
-        self.response.get_or_insert_with(empty_response)
+        match self.loan.response() {
+            Some(view) => view,
+            None => &mut self.spare.get_or_insert_with(Spare::boxed).response,
+        }
+    }
+
+    fn ctx(&mut self) -> &mut Context {
+        match self.loan.ctx() {
+            Some(ctx) => ctx,
+            None => &mut self.spare.get_or_insert_with(Spare::boxed).ctx,
+        }
     }
 
     fn info(&mut self) -> &RequestInfo {
-        // Lent for every call, like the views.
-        self.info.get_or_insert_with(RequestInfo::empty)
+        match self.loan.info() {
+            Some(info) => info,
+            None => &self.spare.get_or_insert_with(Spare::boxed).info,
+        }
     }
 
     fn headers(&mut self, part: Part) -> &mut HeaderMap {
@@ -306,6 +332,25 @@ impl CallState {
         } else {
             Ok(())
         }
+    }
+}
+
+/// See [`CallState::spare`].
+struct Spare {
+    request: RequestView,
+    response: ResponseView,
+    ctx: Context,
+    info: RequestInfo,
+}
+
+impl Spare {
+    fn boxed() -> Box<Spare> {
+        Box::new(Spare {
+            request: empty_request(),
+            response: empty_response(),
+            ctx: Context::new(),
+            info: RequestInfo::empty(),
+        })
     }
 }
 
@@ -398,13 +443,14 @@ fn set(headers: &mut HeaderMap, name: &str, value: Vec<u8>, append: bool) -> Res
 
 impl api::Host for CallState {
     fn ctx_get(&mut self, name: String) -> Option<String> {
-        self.ctx.get(&name).cloned()
+        self.ctx().get(&name).cloned()
     }
 
     fn ctx_set(&mut self, name: String, value: String) {
-        let room = self.ctx.len() < 64 || self.ctx.contains_key(&name);
+        let ctx = self.ctx();
+        let room = ctx.len() < 64 || ctx.contains_key(&name);
         if room && name.len() <= 128 && value.len() <= 4096 {
-            self.ctx.insert(name, value);
+            ctx.insert(name, value);
         } else {
             tracing::warn!(plugin = %self.plugin, "context value `{name}` dropped: too many or too large");
         }

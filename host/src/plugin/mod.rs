@@ -12,6 +12,7 @@ mod config;
 mod deadline;
 mod engine;
 mod host;
+mod loan;
 mod pool;
 mod watchdog;
 
@@ -26,7 +27,6 @@ pub use compile::{
 pub use config::resolve_config;
 pub use host::reserved as reserved_header;
 pub use host::{Action, Context, Reply, RequestInfo, RequestView, ResponseView};
-pub(crate) use host::{empty_request, empty_response};
 use pool::{InstancePool, Shared};
 
 use crate::config::{Diagnostics, Isolation, OnError, PluginConfig, Size, Spanned};
@@ -227,7 +227,7 @@ impl PluginChain {
             view.body_visible = link.pool.needs.request_body;
             let shared = Shared {
                 ctx,
-                info: &mut call.info,
+                info: call.info.as_ref(),
             };
             match link.pool.on_request(view, shared, held) {
                 Ok(Action::Continue) => {}
@@ -256,7 +256,7 @@ impl PluginChain {
             view.body_visible = link.pool.needs.response_body;
             let shared = Shared {
                 ctx,
-                info: &mut call.info,
+                info: call.info.as_ref(),
             };
             if let Err(failure) = link.pool.on_response(view, shared, held) {
                 link.failed(failure)?;

@@ -17,6 +17,7 @@ use super::engine::PluginEngine;
 use super::host::{
     Action, CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
 };
+use super::loan::{Borrowed, Message};
 use super::{PluginFailure, PluginSpec};
 use crate::config::Isolation;
 use crate::telemetry::metrics::{Phase, PluginErrorKind, PluginMetrics, metrics};
@@ -49,10 +50,20 @@ struct Instance {
 }
 
 /// What every plugin of a request's chain shares: the context values and the request's
-/// identity. Both are lent to the instance for a call and come back after it.
+/// identity, lent to each call (`loan.rs`).
 pub struct Shared<'a> {
     pub ctx: &'a mut Context,
-    pub info: &'a mut Option<RequestInfo>,
+    pub info: Option<&'a RequestInfo>,
+}
+
+impl<'a> Shared<'a> {
+    fn lend(self, message: Message<'a>) -> Borrowed<'a> {
+        Borrowed {
+            message,
+            ctx: self.ctx,
+            info: self.info,
+        }
+    }
 }
 
 /// With `isolation = "per-request"`, the request's own instance, kept from `on-request` to
@@ -165,24 +176,16 @@ impl InstancePool {
         shared: Shared<'_>,
         held: &mut Held,
     ) -> Result<Action, PluginFailure> {
-        // Check out first: if that fails, the view has not moved.
         let instance = self.checkout()?;
-        let lent = std::mem::replace(view, super::empty_request());
         let (action, instance) = self.call(
             instance,
             "on-request",
-            shared,
-            |state| state.request = Some(lent),
+            shared.lend(Message::Request(view)),
             |instance| {
                 instance
                     .world
                     .wasmgate_plugin_handler()
                     .call_on_request(&mut instance.store, Resource::new_borrow(0))
-            },
-            |state| {
-                if let Some(back) = state.request.take() {
-                    *view = back;
-                }
             },
         )?;
         match self.spec.isolation {
@@ -216,55 +219,43 @@ impl InstancePool {
             Some(instance) => instance,
             None => self.checkout()?,
         };
-        let lent = std::mem::replace(view, super::empty_response());
         let ((), instance) = self.call(
             instance,
             "on-response",
-            shared,
-            |state| state.response = Some(lent),
+            shared.lend(Message::Response(view)),
             |instance| {
                 instance
                     .world
                     .wasmgate_plugin_handler()
                     .call_on_response(&mut instance.store, Resource::new_borrow(0))
             },
-            |state| {
-                if let Some(back) = state.response.take() {
-                    *view = back;
-                }
-            },
         )?;
         self.checkin(instance);
         Ok(())
     }
 
-    /// One call into an instance: lend it the message (`lend`) and the request's shared data, run
-    /// `invoke` within the time limit, and take the data back (`reclaim`). The instance comes
-    /// back only if the call did not trap; a trapped one is dropped.
+    /// One call into an instance: lend it what the call borrows, and run `invoke` within the
+    /// time limit. The instance comes back only if the call did not trap; a trapped one is
+    /// dropped.
     fn call<R>(
         &self,
         mut instance: Instance,
         what: &str,
-        shared: Shared<'_>,
-        lend: impl FnOnce(&mut CallState),
+        borrowed: Borrowed<'_>,
         invoke: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
-        reclaim: impl FnOnce(&mut CallState),
     ) -> Result<(R, Instance), PluginFailure> {
         let state = instance.store.data_mut();
-        state.begin_call();
-        lend(state);
-        state.ctx = std::mem::take(shared.ctx);
-        state.info = shared.info.take();
+        // SAFETY: the loan ends below, before this function returns and so before the borrows
+        // do, and nothing here touches the borrowed data meanwhile. If `invoke` unwinds, the
+        // instance, which this function owns, is dropped with the loan unused.
+        unsafe { state.begin_call(borrowed) };
         let due = state.deadline.begin(self.spec.time_limit, Instant::now());
         instance.store.set_epoch_deadline(NEXT_EPOCH);
         let result = {
             let _watched = self.engine.watch(due, self.spec.time_limit);
             invoke(&mut instance)
         };
-        let state = instance.store.data_mut();
-        reclaim(state);
-        *shared.ctx = std::mem::take(&mut state.ctx);
-        *shared.info = state.info.take();
+        instance.store.data_mut().end_call();
         match result {
             Ok(value) => Ok((value, instance)),
             Err(err) => {
