@@ -133,14 +133,16 @@ impl InstancePool {
         Ok((Instance { store, world }, needs))
     }
 
-    fn checkout(&self) -> Result<Instance, PluginFailure> {
+    /// An idle instance, or a new one; with the time the call may count from (the new
+    /// instance's `init` does not count against the call's time limit).
+    fn checkout(&self, started: Instant) -> Result<(Instance, Instant), PluginFailure> {
         if self.spec.isolation == Isolation::Pooled
             && let Some(instance) = self.idle.lock().pop()
         {
-            return Ok(instance);
+            return Ok((instance, started));
         }
         self.instantiate()
-            .map(|(instance, _)| instance)
+            .map(|(instance, _)| (instance, Instant::now()))
             .map_err(|failure| PluginFailure {
                 kind: PluginErrorKind::instantiate,
                 ..failure
@@ -165,7 +167,7 @@ impl InstancePool {
         held: &mut Held,
     ) -> Result<Action, PluginFailure> {
         let started = Instant::now();
-        let result = self.run_on_request(view, shared, held);
+        let result = self.run_on_request(view, shared, held, started);
         self.count(Phase::on_request, started, &result);
         result
     }
@@ -175,10 +177,12 @@ impl InstancePool {
         view: &mut RequestView,
         shared: Shared<'_>,
         held: &mut Held,
+        started: Instant,
     ) -> Result<Action, PluginFailure> {
-        let instance = self.checkout()?;
+        let (instance, began) = self.checkout(started)?;
         let (action, instance) = self.call(
             instance,
+            began,
             "on-request",
             shared.lend(Message::Request(view)),
             |instance| {
@@ -204,7 +208,7 @@ impl InstancePool {
         held: &mut Held,
     ) -> Result<(), PluginFailure> {
         let started = Instant::now();
-        let result = self.run_on_response(view, shared, held);
+        let result = self.run_on_response(view, shared, held, started);
         self.count(Phase::on_response, started, &result);
         result
     }
@@ -214,13 +218,15 @@ impl InstancePool {
         view: &mut ResponseView,
         shared: Shared<'_>,
         held: &mut Held,
+        started: Instant,
     ) -> Result<(), PluginFailure> {
-        let instance = match held.0.take() {
-            Some(instance) => instance,
-            None => self.checkout()?,
+        let (instance, began) = match held.0.take() {
+            Some(instance) => (instance, started),
+            None => self.checkout(started)?,
         };
         let ((), instance) = self.call(
             instance,
+            began,
             "on-response",
             shared.lend(Message::Response(view)),
             |instance| {
@@ -235,11 +241,12 @@ impl InstancePool {
     }
 
     /// One call into an instance: lend it what the call borrows, and run `invoke` within the
-    /// time limit. The instance comes back only if the call did not trap; a trapped one is
-    /// dropped.
+    /// time limit, counted from `began`. The instance comes back only if the call did not
+    /// trap; a trapped one is dropped.
     fn call<R>(
         &self,
         mut instance: Instance,
+        began: Instant,
         what: &str,
         borrowed: Borrowed<'_>,
         invoke: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
@@ -249,7 +256,7 @@ impl InstancePool {
         // do, and nothing here touches the borrowed data meanwhile. If `invoke` unwinds, the
         // instance, which this function owns, is dropped with the loan unused.
         unsafe { state.begin_call(borrowed) };
-        let due = state.deadline.begin(self.spec.time_limit, Instant::now());
+        let due = state.deadline.begin(self.spec.time_limit, began);
         instance.store.set_epoch_deadline(NEXT_EPOCH);
         let result = {
             let _watched = self.engine.watch(due, self.spec.time_limit);

@@ -438,13 +438,15 @@ async fn forward(
             (None, None) => RequestBody::Full(whole_body.clone()),
         };
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        // One clock reading for the attempt's timer and its duration (`timeout_at`, unlike
+        // `timeout`, does not read the clock again).
+        let sent = Instant::now();
+        let remaining = deadline.saturating_duration_since(sent);
         let per_try = policy
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
-        let sent = Instant::now();
-        let outcome = match tokio::time::timeout(
-            per_try,
+        let outcome = match tokio::time::timeout_at(
+            (sent + per_try).into(),
             upstream.transport.send(target, &parts, body),
         )
         .await
