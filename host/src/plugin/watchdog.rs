@@ -54,8 +54,8 @@ struct CallSlot {
 }
 
 thread_local! {
-    /// This thread's slot, registered with the watchdog on first use. The watchdog holds it
-    /// weakly, so a slot goes when its thread ends.
+    /// This thread's slot, registered with the watchdog on first use (there is one watchdog,
+    /// the engine's). The watchdog holds it weakly, so a slot goes when its thread ends.
     static SLOT: OnceCell<Arc<CallSlot>> = const { OnceCell::new() };
 }
 
@@ -216,5 +216,51 @@ impl Drop for Watched {
                 slot.deadline.store(self.previous, Ordering::Release);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_publishes_its_running_call_and_withdraws_it() {
+        // Threads register their slot with the first watchdog they meet (there is one per
+        // process outside tests): a fresh thread for this one.
+        std::thread::spawn(publish_and_withdraw).join().unwrap();
+    }
+
+    fn publish_and_withdraw() {
+        let engine = Engine::new(wasmtime::Config::new().epoch_interruption(true)).unwrap();
+        let watchdog = Watchdog::start(&engine).unwrap();
+        // Far in the future, so that the watchdog never finds these calls overdue.
+        let due = now_nanos() + 3_600_000_000_000;
+        let limit = Duration::from_secs(3600);
+        {
+            let _outer = watchdog.watch(due, limit);
+            assert_eq!(watchdog.earliest_deadline(), due);
+            {
+                // An instantiation inside a call: its deadline, then the call's again.
+                let _inner = watchdog.watch(due - 1, limit);
+                assert_eq!(watchdog.earliest_deadline(), due - 1);
+            }
+            assert_eq!(watchdog.earliest_deadline(), due);
+            extend(due + 1);
+            assert_eq!(watchdog.earliest_deadline(), due + 1);
+            // Another thread's call counts too, and its slot goes with the thread.
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let _other = watchdog.watch(due - 2, limit);
+                    assert_eq!(watchdog.earliest_deadline(), due - 2);
+                });
+            });
+            assert_eq!(watchdog.earliest_deadline(), due + 1);
+        }
+        assert_eq!(watchdog.earliest_deadline(), NOT_RUNNING);
+        assert_eq!(
+            watchdog.shortest_limit.load(Ordering::Relaxed),
+            limit.as_nanos() as u64
+        );
+        assert_eq!(watchdog.started.load(Ordering::Relaxed), 3);
     }
 }
