@@ -181,6 +181,7 @@ pub struct CallState {
     pub deadline: super::deadline::Deadline,
     /// Header bytes the current call has added.
     header_output: usize,
+    names: HeaderNames,
 }
 
 impl CallState {
@@ -204,6 +205,7 @@ impl CallState {
             spare: None,
             deadline: Default::default(),
             header_output: 0,
+            names: HeaderNames::default(),
         }
     }
 
@@ -278,6 +280,7 @@ impl CallState {
         append: bool,
     ) -> Result<(), String> {
         self.charge(name, &value)?;
+        let name = self.names.parse(name)?;
         set(self.headers(part), name, value, append)
     }
 
@@ -382,6 +385,27 @@ impl WasiView for CallState {
     }
 }
 
+/// Header names a plugin set, parsed once per instance: a plugin sets the same few headers on
+/// every request, and parsing a name that is not a standard one allocates it.
+#[derive(Default)]
+struct HeaderNames(Vec<(Box<str>, HeaderName)>);
+
+impl HeaderNames {
+    /// Names remembered per instance; a plugin with more parses the rest every time.
+    const MAX: usize = 16;
+
+    fn parse(&mut self, name: &str) -> Result<HeaderName, String> {
+        if let Some((_, parsed)) = self.0.iter().find(|(known, _)| **known == *name) {
+            return Ok(parsed.clone());
+        }
+        let parsed = header_name(name)?;
+        if self.0.len() < Self::MAX {
+            self.0.push((name.into(), parsed.clone()));
+        }
+        Ok(parsed)
+    }
+}
+
 fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))
@@ -424,8 +448,12 @@ pub fn reserved(name: &HeaderName) -> bool {
     )
 }
 
-fn set(headers: &mut HeaderMap, name: &str, value: Vec<u8>, append: bool) -> Result<(), String> {
-    let name = header_name(name)?;
+fn set(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: Vec<u8>,
+    append: bool,
+) -> Result<(), String> {
     // `te: trailers` is the one TE that HTTP/2 allows, and gRPC requires it: a plugin turning
     // a request into a gRPC call must be able to say it.
     let te_trailers = name == http::header::TE && value.eq_ignore_ascii_case(b"trailers");
@@ -718,10 +746,19 @@ mod tests {
     #[test]
     fn reserved_headers_are_refused_except_te_trailers() {
         let mut headers = HeaderMap::new();
-        assert!(set(&mut headers, "content-length", b"5".to_vec(), false).is_err());
-        assert!(set(&mut headers, "te", b"gzip".to_vec(), false).is_err());
-        assert!(set(&mut headers, "x-ok", b"1".to_vec(), true).is_ok());
-        assert!(set(&mut headers, "TE", b"Trailers".to_vec(), false).is_ok());
+        let mut names = HeaderNames::default();
+        let mut set = |name, value: &[u8], append| {
+            let name = names.parse(name)?;
+            set(&mut headers, name, value.to_vec(), append)
+        };
+        assert!(set("content-length", b"5", false).is_err());
+        assert!(set("te", b"gzip", false).is_err());
+        assert!(set("x-ok", b"1", true).is_ok());
+        assert!(set("TE", b"Trailers", false).is_ok());
+        // Remembered names give the same answers.
+        assert!(set("x-ok", b"2", true).is_ok());
+        assert!(set("te", b"gzip", false).is_err());
+        assert!(set("bad name", b"1", false).is_err());
         assert_eq!(headers["te"], "Trailers");
         assert!(!headers.contains_key("content-length"));
     }

@@ -152,12 +152,15 @@ pub struct PluginChain {
     links: Vec<ChainLink>,
     request_body: bool,
     response_body: bool,
+    /// Some plugin has `isolation = "per-request"`: a request holds its instances.
+    holds_instances: bool,
 }
 
 /// One request's passage through a chain: the request's identity, and per-request instances
 /// between the request and the response phase. A route without plugins uses the default.
 #[derive(Default)]
 pub struct ChainCall {
+    /// By link; empty (no allocation) when no plugin of the chain holds instances.
     held: Vec<pool::Held>,
     info: Option<RequestInfo>,
 }
@@ -185,6 +188,7 @@ impl PluginChain {
                 InstancePool::new(spec, pre, config_json).map_err(|message| (index, message))?;
             chain.request_body |= pool.needs.request_body;
             chain.response_body |= pool.needs.response_body;
+            chain.holds_instances |= pool.spec.isolation == Isolation::PerRequest;
             chain.links.push(ChainLink { pool });
         }
         Ok(chain)
@@ -197,7 +201,11 @@ impl PluginChain {
     /// Starts a request's passage through the chain.
     pub fn begin(&self, info: RequestInfo) -> ChainCall {
         ChainCall {
-            held: self.links.iter().map(|_| pool::Held::default()).collect(),
+            held: if self.holds_instances {
+                self.links.iter().map(|_| pool::Held::default()).collect()
+            } else {
+                Vec::new()
+            },
             info: Some(info),
         }
     }
@@ -223,7 +231,9 @@ impl PluginChain {
         view: &mut RequestView,
         ctx: &mut Context,
     ) -> Result<RequestOutcome, PluginFailure> {
-        for (index, (link, held)) in self.links.iter().zip(&mut call.held).enumerate() {
+        for (index, link) in self.links.iter().enumerate() {
+            let mut none = pool::Held::default();
+            let held = call.held.get_mut(index).unwrap_or(&mut none);
             view.body_visible = link.pool.needs.request_body;
             let shared = Shared {
                 ctx,
@@ -252,7 +262,9 @@ impl PluginChain {
         ctx: &mut Context,
     ) -> Result<(), PluginFailure> {
         let ran = ran.min(self.links.len());
-        for (link, held) in self.links[..ran].iter().zip(&mut call.held).rev() {
+        for (index, link) in self.links[..ran].iter().enumerate().rev() {
+            let mut none = pool::Held::default();
+            let held = call.held.get_mut(index).unwrap_or(&mut none);
             view.body_visible = link.pool.needs.response_body;
             let shared = Shared {
                 ctx,
