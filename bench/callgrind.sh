@@ -203,7 +203,10 @@ for v in "${VARIANTS[@]}"; do
     url="http://127.0.0.1:$port$(target_path "$v")"
     probe_target "$v" "$dir" "$url" 30 \
         || die "$v: the plugins did not run as configured (see above; $dir)"
-    [[ "$(curl -s -m 30 "$url")" == hello ]] || die "$v: $url was not served by the upstream ($dir)"
+    auth=()
+    is_jwt "$v" && auth=(-H "$(auth_header "$v" "$dir")")
+    [[ "$(curl -s -m 30 "${auth[@]}" "$url")" == hello ]] \
+        || die "$v: $url was not served by the upstream ($dir)"
     wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${extra[@]}" "$url" >"$dir/wrk-warmup.txt" 2>&1
     "$CG_CONTROL" -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d failed for $v"
     wrk -t1 -c"$CONNECTIONS" -d"${MEASURE}s" "${extra[@]}" "$url" >"$dir/wrk.txt" 2>&1
