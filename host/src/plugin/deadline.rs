@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::UpdateDeadline;
 
-use super::watchdog::{self, nanos_at, now_nanos};
+use super::watchdog::{self, duration_nanos, nanos_at, now_nanos};
 
 /// Windows granted to a call that was held up rather than busy.
 const MAX_EXTENSIONS: u32 = 10;
@@ -70,10 +70,6 @@ impl Deadline {
         watchdog::extend(self.due);
         UpdateDeadline::Continue(NEXT_EPOCH)
     }
-}
-
-fn duration_nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX / 2)
 }
 
 /// CPU time this thread has used.

@@ -1,6 +1,6 @@
 //! The process's one wasmtime `Engine`: pooling allocator, copy-on-write memory images, epoch
-//! interruption for time limits (driven by `watchdog.rs`), and compiled components cached by content hash so that a
-//! reload recompiles only modules that changed.
+//! interruption for time limits (driven by `watchdog.rs`), and compiled components cached by
+//! content hash so that a reload recompiles only modules that changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

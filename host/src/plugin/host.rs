@@ -357,7 +357,7 @@ impl Spare {
     }
 }
 
-pub(crate) fn empty_request() -> RequestView {
+fn empty_request() -> RequestView {
     let (parts, ()) = http::Request::new(()).into_parts();
     RequestView {
         parts,
@@ -366,7 +366,7 @@ pub(crate) fn empty_request() -> RequestView {
     }
 }
 
-pub(crate) fn empty_response() -> ResponseView {
+fn empty_response() -> ResponseView {
     let (parts, ()) = http::Response::new(()).into_parts();
     ResponseView {
         parts,

@@ -44,7 +44,13 @@ pub fn now_nanos() -> u64 {
 pub fn nanos_at(instant: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    u64::try_from(instant.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX - 1)
+    duration_nanos(instant.saturating_duration_since(start))
+}
+
+/// A duration in nanoseconds, at most half of `u64::MAX`: a time plus a limit never reaches
+/// [`NOT_RUNNING`], nor wraps.
+pub fn duration_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).map_or(u64::MAX / 2, |nanos| nanos.min(u64::MAX / 2))
 }
 
 /// One thread's running plugin call, as the watchdog sees it.
@@ -121,7 +127,7 @@ impl Watchdog {
     /// Publishes that this thread runs plugin code due at `deadline` ([`now_nanos`]) with a
     /// time limit of `limit`, until the guard drops.
     pub fn watch(&self, deadline: u64, limit: Duration) -> Watched {
-        let limit = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let limit = duration_nanos(limit);
         if limit < self.shortest_limit.load(Ordering::Relaxed) {
             // The watchdog may be asleep for longer than this call may take: wake it to look.
             self.shortest_limit.fetch_min(limit, Ordering::Relaxed);
@@ -175,7 +181,7 @@ impl Watchdog {
             };
             return;
         }
-        if now.saturating_sub(idle.since) < IDLE.as_nanos() as u64 {
+        if now.saturating_sub(idle.since) < duration_nanos(IDLE) {
             return;
         }
         self.parked.store(true, Ordering::SeqCst);
@@ -259,7 +265,7 @@ mod tests {
         assert_eq!(watchdog.earliest_deadline(), NOT_RUNNING);
         assert_eq!(
             watchdog.shortest_limit.load(Ordering::Relaxed),
-            limit.as_nanos() as u64
+            duration_nanos(limit)
         );
         assert_eq!(watchdog.started.load(Ordering::Relaxed), 3);
     }

@@ -189,17 +189,19 @@ impl Etcd {
             Err(error) => return Ended::Broken(error),
         };
         loop {
-            if view.is_none() {
-                let read = match self.read_prefix(&mut connection).await {
-                    Ok(read) => read,
-                    Err(error) => return Ended::Broken(error),
-                };
-                if !self.report(feed, &read) {
-                    return Ended::Gone;
+            let current = match view {
+                Some(current) => current,
+                None => {
+                    let read = match self.read_prefix(&mut connection).await {
+                        Ok(read) => read,
+                        Err(error) => return Ended::Broken(error),
+                    };
+                    if !self.report(feed, &read) {
+                        return Ended::Gone;
+                    }
+                    view.insert(read)
                 }
-                *view = Some(read);
-            }
-            let current = view.as_mut().expect("the prefix was read above");
+            };
             let watch = connection
                 .watch(
                     self.prefix.as_bytes(),
