@@ -285,7 +285,7 @@ impl CallState {
     }
 
     fn drop_header(&mut self, part: Part, name: &str) {
-        if let Ok(name) = header_name(name)
+        if let Ok(name) = self.names.parse(name)
             && !reserved(&name)
         {
             self.headers(part).remove(name);
@@ -385,8 +385,8 @@ impl WasiView for CallState {
     }
 }
 
-/// Header names a plugin set, parsed once per instance: a plugin sets the same few headers on
-/// every request, and parsing a name that is not a standard one allocates it.
+/// Header names a plugin sets or removes, parsed once per instance: a plugin names the same few
+/// headers on every request, and parsing a name that is not a standard one allocates it.
 #[derive(Default)]
 struct HeaderNames(Vec<(Box<str>, HeaderName)>);
 
