@@ -134,6 +134,9 @@ fn framings(method: &str, path: &str) -> (Vec<u8>, After) {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b".to_vec(),
             After::Close,
         ),
+        ("GET", "/fields") => keep(
+            b"HTTP/1.1 200 OK\r\nX-Mixed-Case: As Sent\r\nX-Request-Id: the-upstream-s\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 6\r\n\r\nfields",
+        ),
         ("GET", "/not-http") => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), After::Close),
         _ => keep(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
     }
@@ -200,6 +203,63 @@ async fn every_body_framing_reaches_the_client_on_one_connection() {
     let post = requests.iter().find(|r| r.starts_with("POST")).unwrap();
     assert!(post.contains("\r\ncontent-length: 7\r\n"), "{post}");
     assert!(post.ends_with("\r\n\r\npayload"), "{post}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_fields_pass_as_received_minus_hop_by_hop_and_the_gateway_s_own() {
+    let upstream = ScriptedUpstream::start(framings).await;
+    let gateway = gateway_for(&upstream);
+    // HTTP/1.1: the upstream's fields go out as its bytes (names in its case, repeated fields
+    // repeated), without the hop-by-hop ones, and the gateway's X-Request-Id instead of the
+    // upstream's.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /fields HTTP/1.1\r\nHost: x\r\nX-Request-Id: the-client-s\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    while !received.ends_with(b"fields") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the response in time")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    for field in [
+        "\r\nX-Mixed-Case: As Sent\r\n",
+        "\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+        "\r\nContent-Length: 6\r\n",
+        "\r\nx-request-id: the-client-s\r\n",
+    ] {
+        assert!(text.contains(field), "{field:?} in {text}");
+    }
+    for gone in ["the-upstream-s", "Keep-Alive", "Upgrade", "keep-alive"] {
+        assert!(!text.contains(gone), "{gone:?} in {text}");
+    }
+
+    // HTTP/2: the same fields, through the header map.
+    let reply = HttpClient::h2c()
+        .send(
+            Method::GET,
+            &gateway.url("/fields"),
+            &[("x-request-id", "the-client-s")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "fields")
+    );
+    assert_eq!(reply.headers["x-mixed-case"], "As Sent");
+    assert_eq!(reply.headers["x-request-id"], "the-client-s");
+    let cookies: Vec<_> = reply.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(!reply.headers.contains_key("keep-alive"));
+    assert!(!reply.headers.contains_key("upgrade"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

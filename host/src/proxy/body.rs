@@ -14,12 +14,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
+use crate::error::{ErrorKind, ProxyError};
+use crate::http1::ReceivedFields;
 use crate::server::h1::H1RequestBody;
 use crate::upstream::{Lease, UpstreamBody};
 
@@ -417,6 +419,15 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
+    /// The upstream's header fields still held as received: the response's map holds only
+    /// what the gateway set, which goes out instead of received fields of the same name.
+    pub fn received_fields(&self) -> Option<&ReceivedFields> {
+        match &self.inner {
+            ResponseInner::Upstream(body) => body.fields(),
+            ResponseInner::Full(..) => None,
+        }
+    }
+
     pub fn set_on_end(&mut self, on_end: Box<dyn OnBodyEnd>) {
         self.on_end = Some(on_end);
     }
@@ -430,6 +441,24 @@ impl ResponseBody {
         if let Some(on_end) = self.on_end.take() {
             on_end.on_end(self.bytes, complete);
         }
+    }
+}
+
+/// Puts the upstream's header fields that are still held as received into the response's map,
+/// under those the gateway set there: for whoever reads or changes the response's headers
+/// rather than only adding its own (the plugins, the HTTP/2 server).
+pub fn merge_received_fields(response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
+    let ResponseInner::Upstream(body) = &mut response.body_mut().inner else {
+        return Ok(());
+    };
+    match body.take_fields() {
+        Some(fields) => fields.merge_into(response.headers_mut()).map_err(|why| {
+            ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("invalid response head: {why}"),
+            )
+        }),
+        None => Ok(()),
     }
 }
 

@@ -12,6 +12,9 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How many fields the proxy may add to a request: `X-Request-Id`, `traceparent`,
+/// `X-Forwarded-For/Proto/Host` and `Host`.
+pub const ADDED_REQUEST_FIELDS: usize = 6;
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -110,23 +113,26 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// Sets `X-Forwarded-For/Proto/Host`. From a trusted proxy the existing values are kept and the
 /// peer is appended; from anyone else they are replaced, so clients cannot forge them.
+/// `peer` is the peer's address as text ([`ip_header_value`]).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let mut value = Vec::with_capacity(48);
-    if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+    let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         // Several lines of X-Forwarded-For form one list (RFC 9110 5.3).
+        let mut value = Vec::with_capacity(64);
         for line in headers.get_all(&X_FORWARDED_FOR) {
             value.extend_from_slice(line.as_bytes());
             value.extend_from_slice(b", ");
         }
-    }
-    write_ip(&mut value, peer);
-    let forwarded_for = HeaderValue::from_bytes(&value).ok();
+        value.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&value).ok()
+    } else {
+        Some(peer.clone())
+    };
     if peer_trusted {
         // Several XFF lines are merged into the one value built above.
         headers.remove(&X_FORWARDED_FOR);
@@ -147,6 +153,14 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+/// `ip` as a header value.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let mut text = Vec::with_capacity(39);
+    write_ip(&mut text, ip);
+    // Digits, dots, colons and hex letters are always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Writes `ip` as text. IPv4 by hand: `Display` goes through `core::fmt`, about 1.3k
@@ -266,7 +280,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
-            "8.8.8.8".parse().unwrap(),
+            &ip_header_value("8.8.8.8".parse().unwrap()),
             false,
             "http",
             Some(&HeaderValue::from_static("a.com")),
@@ -279,7 +293,8 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
+        let peer = ip_header_value("10.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, &peer, true, "http", None);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -42,14 +42,20 @@ pub async fn serve(
     mut request: Request<ClientBody>,
     framing_error: Option<&'static str>,
 ) -> Response<ResponseBody> {
-    // Room for what the gateway adds (request id, traceparent, X-Forwarded-*) at once, rather
-    // than growing the map, and rehashing it, while adding them.
-    request.headers_mut().reserve(6);
+    // Room for what the gateway adds at once, rather than growing the map, and rehashing
+    // it, while adding them (HTTP/1.1 requests come with the room already).
+    request.headers_mut().reserve(headers::ADDED_REQUEST_FIELDS);
     let client_ip =
         headers::client_ip(conn.peer.ip(), request.headers(), &snapshot.trusted_proxies);
     let request_id = headers::ensure_request_id(request.headers_mut());
     let trace_id = trace::ensure_traceparent(request.headers_mut());
-    let mut record = AccessRecord::new(client_ip, &request, request_id.clone(), trace_id);
+    // The client is the peer unless a trusted proxy named it.
+    let client_text = if client_ip == conn.peer.ip() {
+        conn.peer_text.clone()
+    } else {
+        headers::ip_header_value(client_ip)
+    };
+    let mut record = AccessRecord::new(client_text, &request, request_id.clone(), trace_id);
     let mut quota_headers = None;
     let result = match framing_error {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
@@ -227,7 +233,7 @@ async fn proxy(
         }
         headers::strip_hop_by_hop(response.headers_mut(), false, false);
         let (parts, body) = response.into_parts();
-        let response = Response::from_parts(
+        let mut response = Response::from_parts(
             parts,
             ResponseBody::upstream(body)
                 .with_deadline(deadline)
@@ -236,6 +242,8 @@ async fn proxy(
         if route.plugins.is_empty() {
             return Ok(response);
         }
+        // The plugins read the upstream's fields from the map.
+        body::merge_received_fields(&mut response)?;
         // Every plugin let the request through, so every one sees the response.
         (response, route.plugins.len())
     };
@@ -346,11 +354,10 @@ fn prepare_upstream_request(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let peer = conn.peer.ip();
-    let peer_trusted = headers::is_trusted(peer, trusted_proxies);
+    let peer_trusted = headers::is_trusted(conn.peer.ip(), trusted_proxies);
     headers::set_forwarded(
         &mut parts.headers,
-        peer,
+        &conn.peer_text,
         peer_trusted,
         if conn.tls { "https" } else { "http" },
         original_host.as_ref(),

@@ -96,7 +96,15 @@ async fn serve_h2<I>(
         let snapshot = state.load_full();
         let info = info.clone();
         let request = request.map(ClientBody::H2);
-        async move { Ok::<_, Infallible>(crate::proxy::serve(snapshot, info, request, None).await) }
+        async move {
+            let mut response = crate::proxy::serve(snapshot, info, request, None).await;
+            // hyper writes the head from the map alone.
+            if let Err(error) = crate::proxy::body::merge_received_fields(&mut response) {
+                tracing::warn!("{error}");
+                response = error.to_response();
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     let header_ms = millis(limits.header_read_timeout);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +30,9 @@ use conn::ConnLimits;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as text (`X-Forwarded-For`, the access log), formatted once for
+    /// the connection's requests.
+    pub peer_text: HeaderValue,
     pub tls: bool,
     /// Work that outlives the request but belongs to the connection (upgraded tunnels), so
     /// that a drain waits for it as for the connection itself.
@@ -189,6 +193,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
         });
         let info = Arc::new(ConnInfo {
             peer,
+            peer_text: crate::proxy::headers::ip_header_value(peer.ip()),
             tls: ctx.tls.is_some(),
             tasks: ctx.connections.clone(),
         });

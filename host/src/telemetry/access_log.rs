@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -263,13 +262,6 @@ pub fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Writes an IP address as a JSON string.
-pub fn json_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    out.push(b'"');
-    crate::proxy::headers::write_ip(out, ip);
-    out.push(b'"');
-}
-
 thread_local! {
     /// `YYYY-MM-DDTHH:MM:SS` of the last second formatted on this thread.
     static SECOND: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
@@ -319,10 +311,9 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#""2026-11-30T00:53:20.123456Z""2026-11-30T00:53:20.123457Z""#
         );
-        let mut out = Vec::new();
-        json_ip(&mut out, "10.0.200.7".parse().unwrap());
-        json_ip(&mut out, "::1".parse().unwrap());
-        assert_eq!(String::from_utf8(out).unwrap(), r#""10.0.200.7""::1""#);
+        let ip = |text: &str| crate::proxy::headers::ip_header_value(text.parse().unwrap());
+        assert_eq!(ip("10.0.200.7"), "10.0.200.7");
+        assert_eq!(ip("::1"), "::1");
     }
 
     #[test]

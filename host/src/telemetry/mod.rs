@@ -6,7 +6,6 @@
 pub mod access_log;
 pub mod metrics;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +15,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::proxy::body::OnBodyEnd;
 use crate::proxy::trace::TraceId;
-use access_log::{AccessLog, json_int, json_ip, json_str, json_time};
+use access_log::{AccessLog, json_int, json_str, json_time};
 use metrics::{RouteMetrics, metrics};
 
 /// Flushes the access log when dropped (at the end of `main`).
@@ -67,7 +66,8 @@ pub fn reopen_access_log_on_sigusr1() {
 pub struct AccessRecord {
     start: Instant,
     time: SystemTime,
-    client_ip: IpAddr,
+    /// The client's address as text (`proxy::headers::ip_header_value`).
+    client_ip: HeaderValue,
     method: Method,
     path: String,
     request_id: HeaderValue,
@@ -84,7 +84,7 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     pub fn new<B>(
-        client_ip: IpAddr,
+        client_ip: HeaderValue,
         request: &Request<B>,
         request_id: HeaderValue,
         trace_id: TraceId,
@@ -126,7 +126,7 @@ impl OnBodyEnd for AccessRecord {
             out.extend_from_slice(b"{\"timestamp\":");
             json_time(out, self.time);
             out.extend_from_slice(b",\"client_ip\":");
-            json_ip(out, self.client_ip);
+            json_str(out, self.client_ip.to_str().unwrap_or(""));
             out.extend_from_slice(b",\"method\":");
             json_str(out, self.method.as_str());
             out.extend_from_slice(b",\"path\":");

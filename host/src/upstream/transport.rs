@@ -35,6 +35,7 @@ use super::h1::{ExchangeError, H1Body, H1Connection};
 use super::target::{InFlightGuard, Target};
 use crate::config::Protocol;
 use crate::error::{ErrorKind, ProxyError, find_in_chain};
+use crate::http1::ReceivedFields;
 use crate::proxy::body::{BodyTooLarge, BoxError, ClientBodyError, RequestBody};
 
 /// Idle HTTP/1.1 connections kept per target.
@@ -444,6 +445,23 @@ fn own_client_body<'a>(head: &Parts, body: &'a RequestBody) -> Option<Option<&'a
 pub enum UpstreamBody {
     Hyper(Incoming),
     H1(H1Body),
+}
+
+impl UpstreamBody {
+    /// The response's header fields still held as received (the own HTTP/1.1 client's).
+    pub fn fields(&self) -> Option<&ReceivedFields> {
+        match self {
+            UpstreamBody::H1(body) => body.fields(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+
+    pub fn take_fields(&mut self) -> Option<ReceivedFields> {
+        match self {
+            UpstreamBody::H1(body) => body.take_fields(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {

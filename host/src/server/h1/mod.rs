@@ -227,6 +227,7 @@ where
         write_buf.clear();
         let encoded = write::encode_head(
             &parts,
+            response_body.received_fields(),
             is_head,
             version,
             keep_alive && !drain.is_cancelled(),
@@ -469,7 +470,15 @@ async fn reply_and_close<I: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_default();
     let (parts, ()) = response.into_parts();
     buf.clear();
-    write::encode_head(&parts, false, http::Version::HTTP_11, false, Some(0), buf);
+    write::encode_head(
+        &parts,
+        None,
+        false,
+        http::Version::HTTP_11,
+        false,
+        Some(0),
+        buf,
+    );
     if write_all(shared, buf).await.is_ok() {
         let _ = flush(shared).await;
     }

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::http1::{self, MAX_HEADERS};
+use crate::proxy::headers::ADDED_REQUEST_FIELDS;
 
 /// A complete request head.
 #[derive(Debug)]
@@ -139,7 +140,9 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     let (path_at, path_end) = path_span;
     let uri = Uri::from_maybe_shared(head.slice(path_at as usize..path_end as usize))
         .map_err(|_| bad("invalid request target"))?;
-    let headers = http1::header_map(&head, &spans[..count], 0).map_err(bad)?;
+    // With room for what the proxy adds, so that adding it does not grow the map.
+    let headers =
+        http1::header_map(&head, &spans[..count], 0, ADDED_REQUEST_FIELDS).map_err(bad)?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::response::Parts;
-use http::{StatusCode, Version, header};
+use http::{HeaderName, StatusCode, Version, header};
+
+use crate::http1::{self, ReceivedFields};
 
 /// How the response body goes out.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,14 +27,17 @@ pub struct Encoded {
     pub keep_alive: bool,
 }
 
-/// Appends the response head to `buf`. `keep_alive`: whether the connection may carry another
-/// request as far as the client and the connection are concerned; `body_length` is the body's
-/// exact size when it is known.
+/// Appends the response head to `buf`: the upstream's `received` fields (those still held as
+/// received, see [`ReceivedFields`]) except the ones whose name the gateway set, then the
+/// response's map. `keep_alive`: whether the connection may carry another request as far as
+/// the client and the connection are concerned; `body_length` is the body's exact size when it
+/// is known.
 pub fn encode_head(
     parts: &Parts,
+    received: Option<&ReceivedFields>,
     head_request: bool,
     version: Version,
-    mut keep_alive: bool,
+    keep_alive: bool,
     body_length: Option<u64>,
     buf: &mut Vec<u8>,
 ) -> Encoded {
@@ -42,42 +47,41 @@ pub fn encode_head(
     buf.push(b' ');
     buf.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     buf.extend_from_slice(b"\r\n");
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let mut length: Option<u64> = None;
-    let mut has_date = false;
-    let mut has_connection = false;
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH {
-            // The first valid one decides; a response never carries two (the proxy builds them).
-            if length.is_some() || bodiless && status != StatusCode::NOT_MODIFIED {
-                continue;
-            }
-            match value.to_str().ok().and_then(|v| v.trim().parse().ok()) {
-                Some(n) => length = Some(n),
-                None => continue,
-            }
-        } else if *name == header::TRANSFER_ENCODING {
-            // The framing is ours to choose.
-            continue;
-        } else if *name == header::CONNECTION {
-            has_connection = true;
-            if value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                keep_alive = false;
-            }
-        } else if *name == header::DATE {
-            has_date = true;
+    let mut head = HeadFields {
+        bodiless: status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED,
+        not_modified: status == StatusCode::NOT_MODIFIED,
+        keep_alive,
+        length: None,
+        has_date: false,
+        has_connection: false,
+    };
+    for (name, value) in received.into_iter().flat_map(ReceivedFields::iter) {
+        let set_by_gateway = parts
+            .headers
+            .keys()
+            .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name));
+        if !set_by_gateway {
+            head.write(Role::of_received(name), name, value, buf);
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
     }
+    for (name, value) in &parts.headers {
+        head.write(
+            Role::of(name),
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            buf,
+        );
+    }
+    let HeadFields {
+        bodiless,
+        mut keep_alive,
+        length,
+        has_date,
+        has_connection,
+        ..
+    } = head;
     let out = if bodiless || head_request {
         Out::Empty
     } else if let Some(length) = length {
@@ -108,6 +112,87 @@ pub fn encode_head(
     }
     buf.extend_from_slice(b"\r\n");
     Encoded { out, keep_alive }
+}
+
+/// What the fields written so far said that the rest of the head depends on.
+struct HeadFields {
+    bodiless: bool,
+    not_modified: bool,
+    keep_alive: bool,
+    length: Option<u64>,
+    has_date: bool,
+    has_connection: bool,
+}
+
+/// What a field means to the writer.
+enum Role {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    Other,
+}
+
+impl Role {
+    fn of(name: &HeaderName) -> Role {
+        if *name == header::CONTENT_LENGTH {
+            Role::ContentLength
+        } else if *name == header::TRANSFER_ENCODING {
+            Role::TransferEncoding
+        } else if *name == header::CONNECTION {
+            Role::Connection
+        } else if *name == header::DATE {
+            Role::Date
+        } else {
+            Role::Other
+        }
+    }
+
+    /// The same for a name as received, in whatever case.
+    fn of_received(name: &[u8]) -> Role {
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => Role::ContentLength,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => Role::TransferEncoding,
+            10 if name.eq_ignore_ascii_case(b"connection") => Role::Connection,
+            4 if name.eq_ignore_ascii_case(b"date") => Role::Date,
+            _ => Role::Other,
+        }
+    }
+}
+
+impl HeadFields {
+    fn write(&mut self, role: Role, name: &[u8], value: &[u8], buf: &mut Vec<u8>) {
+        match role {
+            Role::ContentLength => {
+                // The first valid one decides; a response never carries two (the proxy builds
+                // them, the upstream client refuses conflicting ones).
+                if self.length.is_some() || self.bodiless && !self.not_modified {
+                    return;
+                }
+                match http1::content_length(value) {
+                    Some(n) => self.length = Some(n),
+                    None => return,
+                }
+            }
+            // The framing is ours to choose.
+            Role::TransferEncoding => return,
+            Role::Connection => {
+                self.has_connection = true;
+                if value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+                {
+                    self.keep_alive = false;
+                }
+            }
+            Role::Date => self.has_date = true,
+            Role::Other => {}
+        }
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value);
+        buf.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Appends a chunk's size line.
@@ -207,7 +292,7 @@ mod tests {
     ) -> (String, Out, bool) {
         let (parts, ()) = response.into_parts();
         let mut buf = Vec::new();
-        let encoded = encode_head(&parts, head_request, version, true, length, &mut buf);
+        let encoded = encode_head(&parts, None, head_request, version, true, length, &mut buf);
         let text = String::from_utf8(buf).unwrap();
         // The date changes; everything else is fixed.
         let text = text
@@ -302,6 +387,54 @@ mod tests {
                 false
             )
         );
+    }
+
+    #[test]
+    fn received_fields_go_out_as_received_unless_the_gateway_set_the_name() {
+        let raw = bytes::Bytes::from_static(
+            b"Server: up\r\nX-Request-Id: theirs\r\nContent-Length: 5\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n",
+        );
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for line in raw.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let colon = line.iter().position(|&b| b == b':').unwrap();
+            let end = at + line.len() - 1;
+            spans.push((
+                at as u32,
+                (at + colon) as u32,
+                (at + colon + 2) as u32,
+                end as u32,
+            ));
+            at += line.len() + 1;
+        }
+        // The upstream client consumed `Connection` (field 4) itself.
+        let fields = ReceivedFields::new(raw, &spans, 1 << 4);
+        let response = Response::builder()
+            .header("x-request-id", "ours")
+            .body(())
+            .unwrap();
+        let (parts, ()) = response.into_parts();
+        let mut buf = Vec::new();
+        let encoded = encode_head(
+            &parts,
+            Some(&fields),
+            false,
+            Version::HTTP_11,
+            true,
+            Some(5),
+            &mut buf,
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 5\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nx-request-id: ours\r\n\r\n"
+        );
+        assert_eq!((encoded.out, encoded.keep_alive), (Out::Length(5), true));
+        // Merged into a map, the gateway's value wins the same way.
+        let mut headers = parts.headers;
+        fields.merge_into(&mut headers).unwrap();
+        assert_eq!(headers["x-request-id"], "ours");
+        assert_eq!(headers["server"], "up");
+        assert!(!headers.contains_key("connection"));
     }
 
     #[test]

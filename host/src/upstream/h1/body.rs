@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::H1Connection;
+use crate::http1::ReceivedFields;
 use crate::http1::chunked::{ChunkedDecoder, Decoded};
 use crate::proxy::body::BoxError;
 use crate::upstream::target::Target;
@@ -36,6 +37,9 @@ impl Framing {
 }
 
 pub struct H1Body {
+    /// The response's header fields as received, until someone takes them (see
+    /// [`ReceivedFields`]); `None` when they went into the response's map.
+    fields: Option<ReceivedFields>,
     /// `None` once the body ended (or failed).
     conn: Option<Box<H1Connection>>,
     framing: Framing,
@@ -47,11 +51,13 @@ pub struct H1Body {
 impl H1Body {
     pub(super) fn new(
         conn: Box<H1Connection>,
+        fields: Option<ReceivedFields>,
         framing: Framing,
         keep_alive: bool,
         target: Arc<Target>,
     ) -> Self {
         let mut body = H1Body {
+            fields,
             conn: Some(conn),
             framing,
             keep_alive,
@@ -61,6 +67,15 @@ impl H1Body {
             body.end();
         }
         body
+    }
+
+    /// The response's header fields still held as received.
+    pub fn fields(&self) -> Option<&ReceivedFields> {
+        self.fields.as_ref()
+    }
+
+    pub fn take_fields(&mut self) -> Option<ReceivedFields> {
+        self.fields.take()
     }
 
     /// The body was read to its end: the connection is ready for the next exchange, unless

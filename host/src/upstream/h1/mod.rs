@@ -27,7 +27,7 @@ use tokio::io::Interest;
 use super::target::Target;
 use super::transport::UpstreamIo;
 use crate::error::{ErrorKind, ProxyError};
-use crate::http1::{self, FieldSet, MAX_HEADERS};
+use crate::http1::{self, FieldSet, MAX_HEADERS, ReceivedFields};
 use body::Framing;
 pub use body::H1Body;
 
@@ -128,8 +128,8 @@ impl H1Connection {
             });
         }
         let head_request = head.method == Method::HEAD;
-        let (response, framing, keep_alive) = match self.read_head(head_request).await {
-            Ok(head) => head,
+        let answer = match self.read_head(head_request).await {
+            Ok(answer) => answer,
             Err(HeadError::ClosedEarly(err)) if self.reused && is_idempotent(&head.method) => {
                 tracing::debug!(target = %target.addr, "pooled connection closed before the response ({err}); sending again");
                 return Err(ExchangeError::Stale);
@@ -156,7 +156,13 @@ impl H1Connection {
             }
         };
         self.reused = true;
-        Ok(response.map(|()| H1Body::new(self, framing, keep_alive, target.clone())))
+        let FinalHead {
+            response,
+            fields,
+            framing,
+            keep_alive,
+        } = answer;
+        Ok(response.map(|()| H1Body::new(self, fields, framing, keep_alive, target.clone())))
     }
 
     async fn write_all(&mut self, head: &[u8], body: Option<&[u8]>) -> io::Result<()> {
@@ -169,10 +175,7 @@ impl H1Connection {
     }
 
     /// Reads until a final (non-1xx) response head is complete and parses it.
-    async fn read_head(
-        &mut self,
-        head_request: bool,
-    ) -> Result<(Response<()>, Framing, bool), HeadError> {
+    async fn read_head(&mut self, head_request: bool) -> Result<FinalHead, HeadError> {
         let mut got_bytes = !self.read_buf.is_empty();
         loop {
             if !self.read_buf.is_empty() {
@@ -216,10 +219,20 @@ enum HeadError {
     Invalid(&'static str),
 }
 
+/// A final response head: its status and version (and its fields, when they had to go into a
+/// map), the fields as received otherwise, the body's framing, and whether the connection may
+/// carry another exchange.
+struct FinalHead {
+    response: Response<()>,
+    fields: Option<ReceivedFields>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
 // Lives on the stack for one call; boxing the large variant would allocate per response.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Final((Response<()>, Framing, bool)),
+    Final(FinalHead),
     /// A 1xx response was consumed; the final one follows.
     Interim,
     Partial,
@@ -310,9 +323,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = http10;
-    // Connection-management fields (bit i: field i) are the client's business, consumed here;
-    // the proxy would strip them anyway. Unless `Connection` names other fields: then all
-    // stay, for the proxy's full hop-by-hop removal.
+    // Hop-by-hop fields (bit i: field i; RFC 9110 §7.6.1) are the client's business: the
+    // connection-management ones are consumed here, and none is passed on. Unless `Connection`
+    // names other fields: then all stay, in a header map, for the proxy's full hop-by-hop
+    // removal (`proxy::headers::strip_hop_by_hop`).
     let mut hop_by_hop: FieldSet = 0;
     let mut length_fields: FieldSet = 0;
     let mut connection_names_fields = false;
@@ -342,6 +356,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
             }
         } else if name.eq_ignore_ascii_case(b"keep-alive")
             || name.eq_ignore_ascii_case(b"proxy-connection")
+            || name.eq_ignore_ascii_case(b"te")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"proxy-authenticate")
         {
             hop_by_hop |= 1 << i;
         }
@@ -370,25 +387,32 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
             close = true;
             Framing::UntilClose
         };
-    if connection_names_fields {
-        hop_by_hop = 0;
-    }
     // Content-Length next to Transfer-Encoding is not passed on (see the framing above).
-    let skip = if transfer_encoding {
-        hop_by_hop | length_fields
-    } else {
-        hop_by_hop
-    };
-    let headers = http1::header_map(&head, &spans[..count], skip).map_err(HeadError::Invalid)?;
+    let length_skipped = if transfer_encoding { length_fields } else { 0 };
     let mut response = Response::new(());
+    let fields = if connection_names_fields {
+        *response.headers_mut() = http1::header_map(&head, &spans[..count], length_skipped, 1)
+            .map_err(HeadError::Invalid)?;
+        None
+    } else {
+        Some(ReceivedFields::new(
+            head,
+            &spans[..count],
+            hop_by_hop | length_skipped,
+        ))
+    };
     *response.status_mut() = status;
     *response.version_mut() = if http10 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    *response.headers_mut() = headers;
-    Ok(Parsed::Final((response, framing, !close)))
+    Ok(Parsed::Final(FinalHead {
+        response,
+        fields,
+        framing,
+        keep_alive: !close,
+    }))
 }
 
 #[cfg(test)]
@@ -430,7 +454,14 @@ mod tests {
         let mut buf = BytesMut::from(raw);
         loop {
             match parse_head(&mut buf, head_request) {
-                Ok(Parsed::Final(head)) => return Ok(head),
+                Ok(Parsed::Final(head)) => {
+                    // What the proxy passes on: the fields received, or the map.
+                    let mut response = head.response;
+                    if let Some(fields) = head.fields {
+                        fields.merge_into(response.headers_mut())?;
+                    }
+                    return Ok((response, head.framing, head.keep_alive));
+                }
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) => return Err("partial"),
                 Err(HeadError::Invalid(why)) => return Err(why),
