@@ -366,6 +366,24 @@ async fn headers_rewrites_requests_and_responses_with_templates() {
     assert_eq!(reply.headers["x-request-id"], "rid-1");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_header_a_plugin_sets_replaces_the_upstream_s() {
+    // A chain that only sets response headers leaves the upstream's fields as received (no
+    // header map is built for them): the set value still replaces the upstream's.
+    let upstream = TestUpstream::start("app").await;
+    let route = "[[routes]]\npath = \"/{*rest}\"\nupstream = \"app\"\nplugins = [{ use = \"headers\", config = { \
+         response = { set = { x-upstream = \"replaced\" } } } }]\n";
+    let gateway = GatewayProcess::start(&config(&upstream, route));
+    for client in [HttpClient::http1(), HttpClient::h2c()] {
+        let reply = client.get(&gateway.url("/a")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let values: Vec<_> = reply.headers.get_all("x-upstream").iter().collect();
+        assert_eq!(values, ["replaced"]);
+        assert_eq!(reply.headers["content-type"], "application/json");
+        assert!(reply.headers.contains_key("x-request-id"));
+    }
+}
+
 #[test]
 fn check_reports_config_mistakes_of_both_plugins() {
     let dir = tempfile::tempdir().unwrap();

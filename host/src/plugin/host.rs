@@ -23,6 +23,7 @@ wasmtime::component::bindgen!({
 
 use self::wasmgate::plugin::http::{self as api, Level};
 use super::loan::{Borrowed, Loan};
+use crate::http1::ReceivedFields;
 pub use Plugin as PluginWorld;
 pub use PluginPre as PluginWorldPre;
 pub use exports::wasmgate::plugin::handler::{Action, Reply};
@@ -110,10 +111,30 @@ pub struct RequestView {
 
 /// The response as the plugin sees it.
 pub struct ResponseView {
+    /// Its headers hold what the plugins set, and the upstream's fields once `received` is
+    /// merged in.
     pub parts: http::response::Parts,
+    /// The upstream's fields as received (see `http1::ReceivedFields`), until a plugin reads,
+    /// appends to or removes a response header: only then are they merged into the map. A
+    /// chain that only sets response headers leaves them as received; a set header replaces
+    /// received fields of its name, in the map as when they are written out.
+    pub received: Option<ReceivedFields>,
     pub body: Option<Bytes>,
     pub trailers: Option<HeaderMap>,
     pub body_visible: bool,
+}
+
+impl ResponseView {
+    /// The headers with the upstream's fields merged in.
+    fn complete_headers(&mut self) -> &mut HeaderMap {
+        if let Some(fields) = self.received.take()
+            && let Err(why) = fields.merge_into(&mut self.parts.headers)
+        {
+            // httparse admits only what the map admits: not expected to happen.
+            tracing::warn!("the upstream's response fields cannot be shown to plugins: {why}");
+        }
+        &mut self.parts.headers
+    }
 }
 
 /// A store's resource limits, remembering a refused memory growth: the refusal traps, and the
@@ -264,10 +285,11 @@ impl CallState {
         }
     }
 
+    /// The headers of either message, complete (see [`ResponseView::received`]).
     fn headers(&mut self, part: Part) -> &mut HeaderMap {
         match part {
             Part::Request => &mut self.request().parts.headers,
-            Part::Response => &mut self.response().parts.headers,
+            Part::Response => self.response().complete_headers(),
         }
     }
 
@@ -281,7 +303,13 @@ impl CallState {
     ) -> Result<(), String> {
         self.charge(name, &value)?;
         let name = self.names.parse(name)?;
-        set(self.headers(part), name, value, append)
+        let headers = match (part, append) {
+            // Setting replaces every field of the name, received or not: the received fields
+            // need not be merged for that (the writer skips those the map names).
+            (Part::Response, false) => &mut self.response().parts.headers,
+            _ => self.headers(part),
+        };
+        set(headers, name, value, append)
     }
 
     fn drop_header(&mut self, part: Part, name: &str) {
@@ -370,6 +398,7 @@ fn empty_response() -> ResponseView {
     let (parts, ()) = http::Response::new(()).into_parts();
     ResponseView {
         parts,
+        received: None,
         body: None,
         trailers: None,
         body_visible: false,
@@ -626,15 +655,15 @@ impl api::HostResponse for CallState {
     }
 
     fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
-        first(&self.response().parts.headers, &name)
+        first(self.headers(Part::Response), &name)
     }
 
     fn header_all(&mut self, _: Resource<ResponseHandle>, name: String) -> Vec<Vec<u8>> {
-        all(&self.response().parts.headers, &name)
+        all(self.headers(Part::Response), &name)
     }
 
     fn header_names(&mut self, _: Resource<ResponseHandle>) -> Vec<String> {
-        names(&self.response().parts.headers)
+        names(self.headers(Part::Response))
     }
 
     fn set_header(

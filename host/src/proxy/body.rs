@@ -428,6 +428,25 @@ impl ResponseBody {
         }
     }
 
+    pub fn take_received_fields(&mut self) -> Option<ReceivedFields> {
+        match &mut self.inner {
+            ResponseInner::Upstream(body) => body.take_fields(),
+            ResponseInner::Full(..) => None,
+        }
+    }
+
+    /// Gives back fields taken with [`ResponseBody::take_received_fields`] that nobody needed
+    /// in the map; `Err` (with the fields) for a body that cannot hold them.
+    pub fn restore_received_fields(
+        &mut self,
+        fields: ReceivedFields,
+    ) -> Result<(), ReceivedFields> {
+        match &mut self.inner {
+            ResponseInner::Upstream(body) => body.put_fields(fields),
+            ResponseInner::Full(..) => Err(fields),
+        }
+    }
+
     pub fn set_on_end(&mut self, on_end: Box<dyn OnBodyEnd>) {
         self.on_end = Some(on_end);
     }
@@ -448,18 +467,20 @@ impl ResponseBody {
 /// under those the gateway set there: for whoever reads or changes the response's headers
 /// rather than only adding its own (the plugins, the HTTP/2 server).
 pub fn merge_received_fields(response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
-    let ResponseInner::Upstream(body) = &mut response.body_mut().inner else {
-        return Ok(());
-    };
-    match body.take_fields() {
-        Some(fields) => fields.merge_into(response.headers_mut()).map_err(|why| {
-            ProxyError::new(
-                ErrorKind::UpstreamProtocol,
-                format!("invalid response head: {why}"),
-            )
-        }),
+    match response.body_mut().take_received_fields() {
+        Some(fields) => merge_fields(fields, response.headers_mut()),
         None => Ok(()),
     }
+}
+
+/// Puts `fields` into `headers`, under those already there (see [`ReceivedFields::merge_into`]).
+pub fn merge_fields(fields: ReceivedFields, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+    fields.merge_into(headers).map_err(|why| {
+        ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("invalid response head: {why}"),
+        )
+    })
 }
 
 impl From<Bytes> for ResponseBody {

@@ -233,7 +233,7 @@ async fn proxy(
         }
         headers::strip_hop_by_hop(response.headers_mut(), false, false);
         let (parts, body) = response.into_parts();
-        let mut response = Response::from_parts(
+        let response = Response::from_parts(
             parts,
             ResponseBody::upstream(body)
                 .with_deadline(deadline)
@@ -242,8 +242,6 @@ async fn proxy(
         if route.plugins.is_empty() {
             return Ok(response);
         }
-        // The plugins read the upstream's fields from the map.
-        body::merge_received_fields(&mut response)?;
         // Every plugin let the request through, so every one sees the response.
         (response, route.plugins.len())
     };
@@ -253,13 +251,24 @@ async fn proxy(
     if ran == 0 {
         return Ok(response);
     }
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    // Taken before a buffering consumes the body; merged into the map only if a plugin needs
+    // them there (see `plugin::host::ResponseView`).
+    let received = body.take_received_fields();
     let body = if route.plugins.needs_response_body() {
         plugins::buffer_response(body, snapshot.max_body_bytes).await?
     } else {
         plugins::ResponseSource::Streaming(body)
     };
-    plugins::response_phase(&route.plugins, &mut call, ran, parts, body, &mut record.ctx)
+    plugins::response_phase(
+        &route.plugins,
+        &mut call,
+        ran,
+        parts,
+        received,
+        body,
+        &mut record.ctx,
+    )
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.

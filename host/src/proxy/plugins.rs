@@ -12,8 +12,9 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::body::{BoxError, ClientBody, ResponseBody, ResponseTimedOut};
+use super::body::{BoxError, ClientBody, ResponseBody, ResponseTimedOut, merge_fields};
 use crate::error::{ErrorKind, ProxyError};
+use crate::http1::ReceivedFields;
 use crate::plugin::{
     ChainCall, Context, PluginChain, PluginFailure, Reply, RequestInfo, RequestOutcome,
     RequestView, ResponseView,
@@ -187,6 +188,7 @@ pub fn response_phase(
     call: &mut ChainCall,
     ran: usize,
     parts: http::response::Parts,
+    received: Option<ReceivedFields>,
     body: ResponseSource,
     ctx: &mut Context,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -196,6 +198,7 @@ pub fn response_phase(
     };
     let mut view = ResponseView {
         parts,
+        received,
         body: buffered,
         trailers,
         body_visible: false,
@@ -203,9 +206,22 @@ pub fn response_phase(
     chain
         .on_response(call, ran, &mut view, ctx)
         .map_err(plugin_error)?;
+    // Fields no plugin needed in the map go back to the body they came with, to be written
+    // out as received; a body the plugins replaced cannot carry them.
+    let received = view.received.take();
     let body = match (streaming, view.body) {
-        (Some(streaming), _) => streaming,
+        (Some(mut streaming), _) => {
+            if let Some(fields) = received
+                && let Err(fields) = streaming.restore_received_fields(fields)
+            {
+                merge_fields(fields, &mut view.parts.headers)?;
+            }
+            streaming
+        }
         (None, body) => {
+            if let Some(fields) = received {
+                merge_fields(fields, &mut view.parts.headers)?;
+            }
             let body = body.unwrap_or_default();
             view.parts
                 .headers

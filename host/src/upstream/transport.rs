@@ -462,6 +462,18 @@ impl UpstreamBody {
             UpstreamBody::Hyper(_) => None,
         }
     }
+
+    /// Gives back fields taken with [`UpstreamBody::take_fields`]; `Err` for a body that
+    /// cannot hold them (hyper's).
+    pub fn put_fields(&mut self, fields: ReceivedFields) -> Result<(), ReceivedFields> {
+        match self {
+            UpstreamBody::H1(body) => {
+                body.put_fields(fields);
+                Ok(())
+            }
+            UpstreamBody::Hyper(_) => Err(fields),
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {

@@ -78,6 +78,10 @@ impl H1Body {
         self.fields.take()
     }
 
+    pub fn put_fields(&mut self, fields: ReceivedFields) {
+        self.fields = Some(fields);
+    }
+
     /// The body was read to its end: the connection is ready for the next exchange, unless
     /// the upstream sent more than it announced.
     fn end(&mut self) {
