@@ -712,15 +712,22 @@ if selected wasmgate && ((${#plugin_targets[@]})); then
 fi
 
 # ---------------------------------------------------------------- issue 9 summary
-# The comparisons issue 9 asks about, from this run's rows: means over the rounds of cpu us/req
-# ("-" when a target was not measured or failed). Numbers only; nothing here sets the exit code.
-mean_cpu() { # target -> mean cpu us/req over the rounds it has, or -
+# The comparisons issue 9 asks about, from this run's rows: means and medians over the rounds of
+# cpu us/req ("-" when a target was not measured or failed). The median is the steadier of the
+# two on a VM, where one round in five can be 15-20 % off. Numbers only; nothing here sets the
+# exit code.
+cpu_stat() { # mean|median target -> that statistic of its cpu us/req over the rounds it has, or -
     local r vals=()
     for r in $(seq "$ROUNDS"); do
-        [[ -n "${CPU_OF[$r.$1]:-}" && "${CPU_OF[$r.$1]}" != - ]] && vals+=("${CPU_OF[$r.$1]}")
+        [[ -n "${CPU_OF[$r.$2]:-}" && "${CPU_OF[$r.$2]}" != - ]] && vals+=("${CPU_OF[$r.$2]}")
     done
     ((${#vals[@]})) || { echo -; return 0; }
-    printf '%s\n' "${vals[@]}" | awk '{s += $1} END {printf "%.2f", s / NR}'
+    if [[ "$1" == mean ]]; then
+        printf '%s\n' "${vals[@]}" | awk '{s += $1} END {printf "%.2f", s / NR}'
+    else
+        printf '%s\n' "${vals[@]}" | sort -g | awk '{v[NR] = $1}
+            END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+    fi
 }
 last_rss() { # target -> rss MiB after its last round, or -
     local r v=-
@@ -742,15 +749,19 @@ ratio() { # a b -> a / b, or - (an operand missing, or b is 0)
 ONE=plugin1
 ! selected plugin1 && selected headers && ONE=headers
 if selected wasmgate || selected "$ONE" || selected envoy-wasm; then
-    ngx=$(mean_cpu nginx); wg=$(mean_cpu wasmgate); one=$(mean_cpu "$ONE"); ew=$(mean_cpu envoy-wasm)
-    ngx125=$(calc 'a * b' "$ngx" 1.25); ew3=$(calc 'a / b' "$ew" 3)
     echo
-    echo "Summary (this run; cpu us/req as means over $ROUNDS round(s); numbers only, no verdict):"
-    printf '  %-44s %8s us/req   nginx proxy %8s   ratio %s\n' "wasmgate, no plugins" "$wg" "$ngx" "$(ratio "$wg" "$ngx")"
-    printf '  %-44s %8s us/req\n' "$(label_of "$ONE") ($ONE)" "$one"
-    printf '  %-44s %8s us/req   ratio %s\n' "    vs 1.25 x nginx proxy" "$ngx125" "$(ratio "$one" "$ngx125")"
-    printf '  %-44s %8s us/req   ratio %s   (envoy + wasm filter: %s)\n' "    vs envoy + wasm filter / 3" "$ew3" \
-        "$(ratio "$one" "$ew3")" "$ew"
+    echo "Summary (this run, over $ROUNDS round(s); numbers only, no verdict):"
+    for stat in mean median; do
+        ngx=$(cpu_stat $stat nginx); wg=$(cpu_stat $stat wasmgate)
+        one=$(cpu_stat $stat "$ONE"); ew=$(cpu_stat $stat envoy-wasm)
+        ngx125=$(calc 'a * b' "$ngx" 1.25); ew3=$(calc 'a / b' "$ew" 3)
+        echo "  cpu us/req, ${stat}s:"
+        printf '  %-44s %8s us/req   nginx proxy %8s   ratio %s\n' "wasmgate, no plugins" "$wg" "$ngx" "$(ratio "$wg" "$ngx")"
+        printf '  %-44s %8s us/req\n' "$(label_of "$ONE") ($ONE)" "$one"
+        printf '  %-44s %8s us/req   ratio %s\n' "    vs 1.25 x nginx proxy" "$ngx125" "$(ratio "$one" "$ngx125")"
+        printf '  %-44s %8s us/req   ratio %s   (envoy + wasm filter: %s)\n' "    vs envoy + wasm filter / 3" "$ew3" \
+            "$(ratio "$one" "$ew3")" "$ew"
+    done
     rss_line=""
     for t in nginx envoy envoy-wasm wasmgate "$ONE" chain; do
         selected "$t" && rss_line="${rss_line:+$rss_line, }$(label_of "$t") $(last_rss "$t")"

@@ -6,8 +6,8 @@
 //! each time: 0.5-1 us of CPU per request with one plugin (docs/benchmarks.md). The watchdog
 //! instead knows when each running call is due: a thread that runs plugin code publishes the
 //! call's deadline in its [`CallSlot`] for the length of the call, and the watchdog sleeps
-//! until the earliest deadline, or, with no call running, for the shortest time limit any call
-//! has had (a call that starts meanwhile cannot be due sooner). It advances the epoch only when
+//! until the earliest deadline, or, with no call running, for the shortest time limit a recent
+//! call has had (a call that starts meanwhile with a shorter one wakes it to look again). It advances the epoch only when
 //! a call is overdue. Every running store's epoch deadline is the next epoch, so an advance
 //! reaches each running call at its next loop or function entry: the overdue one decides
 //! what to do (`deadline.rs`), the others find their own deadline has not passed and go on.
@@ -31,6 +31,10 @@ const IDLE: Duration = Duration::from_millis(100);
 const OVERDUE_RETRY: Duration = Duration::from_millis(1);
 /// The longest sleep: the idle check's granularity.
 const MAX_SLEEP: Duration = IDLE;
+/// How long the shortest time limit is remembered: after a reload lengthens the limits, the
+/// watchdog sleeps for the new ones within this long (the first call after a reset wakes it
+/// once, to learn the limit).
+const FORGET_LIMITS: Duration = Duration::from_secs(1);
 /// A slot's deadline when its thread runs no plugin code.
 const NOT_RUNNING: u64 = u64::MAX;
 
@@ -71,13 +75,22 @@ pub struct Watchdog {
     /// parking (see [`Watchdog::park_while_idle`]).
     started: AtomicU64,
     parked: AtomicBool,
-    /// The shortest time limit any call has had, in nanoseconds.
+    /// The shortest time limit a call has had since the last reset (every [`FORGET_LIMITS`]),
+    /// in nanoseconds.
     shortest_limit: AtomicU64,
     thread: std::thread::Thread,
 }
 
 impl Watchdog {
     pub fn start(engine: &Engine) -> Result<Arc<Watchdog>, String> {
+        Self::start_forgetting_after(engine, FORGET_LIMITS)
+    }
+
+    /// [`Watchdog::start`], forgetting the shortest limit every `forget_limits`.
+    fn start_forgetting_after(
+        engine: &Engine,
+        forget_limits: Duration,
+    ) -> Result<Arc<Watchdog>, String> {
         let engine = engine.weak();
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Arc<Watchdog>>(1);
         let thread = std::thread::Builder::new()
@@ -90,8 +103,13 @@ impl Watchdog {
                     last_started: 0,
                     since: now_nanos(),
                 };
+                let mut limits_since = now_nanos();
                 loop {
                     let now = now_nanos();
+                    if now.saturating_sub(limits_since) >= duration_nanos(forget_limits) {
+                        watchdog.forget_limits();
+                        limits_since = now;
+                    }
                     let earliest = watchdog.earliest_deadline();
                     let sleep = if earliest <= now {
                         let Some(engine) = engine.upgrade() else {
@@ -127,17 +145,20 @@ impl Watchdog {
     /// Publishes that this thread runs plugin code due at `deadline` ([`now_nanos`]) with a
     /// time limit of `limit`, until the guard drops.
     pub fn watch(&self, deadline: u64, limit: Duration) -> Watched {
-        let limit = duration_nanos(limit);
-        if limit < self.shortest_limit.load(Ordering::Relaxed) {
-            // The watchdog may be asleep for longer than this call may take: wake it to look.
-            self.shortest_limit.fetch_min(limit, Ordering::Relaxed);
-            self.thread.unpark();
-        }
         let previous = SLOT.with(|slot| {
             slot.get_or_init(|| self.register())
                 .deadline
-                .swap(deadline, Ordering::Release)
+                .swap(deadline, Ordering::SeqCst)
         });
+        // After the deadline is published, as the watchdog forgets the limits before it looks
+        // at the deadlines (both sequentially consistent): either it sees this call's deadline,
+        // or this load sees the forgotten limit and wakes it.
+        let limit = duration_nanos(limit);
+        if limit < self.shortest_limit.load(Ordering::SeqCst) {
+            // The watchdog may be asleep for longer than this call may take: wake it to look.
+            self.shortest_limit.fetch_min(limit, Ordering::SeqCst);
+            self.thread.unpark();
+        }
         // After the deadline is published: either the watchdog's look after `parked` sees
         // this call, or this load sees `parked` and wakes it.
         self.started.fetch_add(1, Ordering::SeqCst);
@@ -163,9 +184,15 @@ impl Watchdog {
         slots
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|slot| slot.deadline.load(Ordering::Acquire))
+            .map(|slot| slot.deadline.load(Ordering::SeqCst))
             .min()
             .unwrap_or(NOT_RUNNING)
+    }
+
+    /// Lets the limits of calls from now on decide how long the watchdog may sleep (see
+    /// [`Watchdog::watch`] for the handshake).
+    fn forget_limits(&self) {
+        self.shortest_limit.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Parks once no call has begun for [`IDLE`]. The park is a Dekker-style handshake with
@@ -238,7 +265,8 @@ mod tests {
 
     fn publish_and_withdraw() {
         let engine = Engine::new(wasmtime::Config::new().epoch_interruption(true)).unwrap();
-        let watchdog = Watchdog::start(&engine).unwrap();
+        // Limits forgotten only when the test says so.
+        let watchdog = Watchdog::start_forgetting_after(&engine, Duration::MAX).unwrap();
         // Far in the future, so that the watchdog never finds these calls overdue.
         let due = now_nanos() + 3_600_000_000_000;
         let limit = Duration::from_secs(3600);
@@ -268,5 +296,14 @@ mod tests {
             duration_nanos(limit)
         );
         assert_eq!(watchdog.started.load(Ordering::Relaxed), 3);
+        // Forgotten (as after a reload that lengthened the limits), the limit is learnt again
+        // from the next call.
+        watchdog.forget_limits();
+        let longer = Duration::from_secs(7200);
+        drop(watchdog.watch(due, longer));
+        assert_eq!(
+            watchdog.shortest_limit.load(Ordering::Relaxed),
+            duration_nanos(longer)
+        );
     }
 }
