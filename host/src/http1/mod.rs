@@ -171,4 +171,39 @@ mod tests {
         assert!(!ends_chunked(b"chunked, gzip"));
         assert!(!ends_chunked(b"xchunked"));
     }
+
+    #[test]
+    fn received_fields_keep_all_but_the_skipped_in_order() {
+        // As many fields as a head may have, skipping some at both ends of the set's range.
+        let mut text = Vec::new();
+        let mut spans = Vec::new();
+        for i in 0..MAX_HEADERS {
+            let at = text.len();
+            text.extend_from_slice(format!("X-F{i}: v").as_bytes());
+            text.push(0xe9); // obs-text
+            text.extend_from_slice(format!("{i}\r\n").as_bytes());
+            let name_end = at + format!("X-F{i}").len();
+            spans.push((
+                at as u32,
+                name_end as u32,
+                name_end as u32 + 2,
+                text.len() as u32 - 2,
+            ));
+        }
+        let skip: FieldSet = 1 | 1 << 1 | 1 << 64 | 1 << (MAX_HEADERS - 1);
+        let fields = ReceivedFields::new(Bytes::from(text), &spans, skip);
+        assert_eq!(fields.len(), MAX_HEADERS - 4);
+        let names: Vec<String> = fields
+            .iter()
+            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        assert_eq!(names.first().map(String::as_str), Some("X-F2"));
+        assert_eq!(names.last().map(String::as_str), Some("X-F98"));
+        assert!(!names.iter().any(|name| name == "X-F64"));
+        // Into a map: lower-case names, the obs-text values as they were.
+        let mut headers = HeaderMap::new();
+        fields.merge_into(&mut headers).unwrap();
+        assert_eq!(headers.len(), MAX_HEADERS - 4);
+        assert_eq!(headers["x-f63"].as_bytes(), b"v\xe963");
+    }
 }
