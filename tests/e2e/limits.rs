@@ -65,6 +65,10 @@ async fn smuggling_attempts_are_rejected() {
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello",
         // Obfuscated Transfer-Encoding.
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello",
+        // Two hosts: which one routes, which one the upstream reads?
+        "GET / HTTP/1.1\r\nHost: public.example\r\nHost: internal.example\r\n\r\n",
+        // HTTP/1.1 without a host (RFC 9112 §3.2).
+        "GET / HTTP/1.1\r\n\r\n",
     ];
     for attempt in attempts {
         let response = raw_exchange(gateway.addr, attempt.as_bytes(), Duration::from_secs(2)).await;

@@ -19,7 +19,7 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -34,13 +34,13 @@ use body::{ClientBody, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 use plugins::AfterRequest;
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
-/// `framing_error` is the connection's verdict on this request's HTTP/1 framing (see
+/// `head_error` is the connection's verdict on this request's HTTP/1 framing (see
 /// `server::h1`): such a request is refused before anything else.
 pub async fn serve(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
     mut request: Request<ClientBody>,
-    framing_error: Option<&'static str>,
+    head_error: Option<&'static str>,
 ) -> Response<ResponseBody> {
     // Room for what the gateway adds at once, rather than growing the map, and rehashing
     // it, while adding them (HTTP/1.1 requests come with the room already).
@@ -57,7 +57,7 @@ pub async fn serve(
     };
     let mut record = AccessRecord::new(client_text, &request, request_id.clone(), trace_id);
     let mut quota_headers = None;
-    let result = match framing_error {
+    let result = match head_error {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
         None => {
             proxy(
@@ -356,12 +356,17 @@ fn prepare_upstream_request(
     let http2_upstream = upstream.protocol.is_http2();
     headers::strip_hop_by_hop(&mut parts.headers, is_upgrade, http2_upstream);
     // HTTP/2 clients name the host in :authority; HTTP/1.1 upstreams need it in Host.
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    let (original_host, host_in_place) = match parts.headers.get(header::HOST) {
+        // The HTTP/1 server refuses a request with more than one Host (plugins cannot add
+        // one): the field can stay as it is. Over HTTP/2 it is set again, as one field.
+        Some(host) => (Some(host.clone()), parts.version != Version::HTTP_2),
+        None => (
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            false,
+        ),
     };
     let peer_trusted = headers::is_trusted(conn.peer.ip(), trusted_proxies);
     headers::set_forwarded(
@@ -375,10 +380,10 @@ fn prepare_upstream_request(
         (Some(rewrite), _) => {
             parts.headers.insert(header::HOST, rewrite.clone());
         }
-        (None, Some(host)) => {
+        (None, Some(host)) if !host_in_place => {
             parts.headers.insert(header::HOST, host);
         }
-        (None, None) => {}
+        _ => {}
     }
     let path_and_query = match rewritten_path {
         None => parts

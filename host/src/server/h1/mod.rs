@@ -184,7 +184,7 @@ where
         let Head {
             request,
             body: framing,
-            framing_error,
+            head_error,
             keep_alive,
             expects_continue,
         } = head;
@@ -221,7 +221,7 @@ where
         });
         // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
         let snapshot = state.load_full();
-        let response = crate::proxy::serve(snapshot, info.clone(), request, framing_error).await;
+        let response = crate::proxy::serve(snapshot, info.clone(), request, head_error).await;
 
         let (parts, response_body) = response.into_parts();
         write_buf.clear();

@@ -2,7 +2,9 @@
 //! gateway needs against request smuggling (RFC 9112 §6.1-6.3): a request with both
 //! `Content-Length` and `Transfer-Encoding`, more than one `Content-Length`, an invalid one, or a
 //! transfer coding other than a final `chunked` is refused with 400 and the connection closed,
-//! where a lenient server would guess (nginx and Envoy refuse them too).
+//! where a lenient server would guess (nginx and Envoy refuse them too). So is a request with
+//! more than one `Host`, or an HTTP/1.1 request without one (RFC 9112 §3.2): which host it is
+//! for would be a guess too, and the proxy then forwards the one `Host` as it is.
 
 use std::mem::MaybeUninit;
 
@@ -17,8 +19,9 @@ use crate::proxy::headers::ADDED_REQUEST_FIELDS;
 pub struct Head {
     pub request: Request<()>,
     pub body: BodyFraming,
-    /// Why the framing cannot be trusted: the proxy answers 400 and the connection closes.
-    pub framing_error: Option<&'static str>,
+    /// Why the head cannot be trusted (its framing, its `Host`): the proxy answers 400 and the
+    /// connection closes.
+    pub head_error: Option<&'static str>,
     /// The client allows another request on the connection.
     pub keep_alive: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request with a body.
@@ -82,6 +85,7 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expects_continue = false;
+    let mut hosts = 0usize;
     for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         *slot = http1::field_span(base, field);
         let name = field.name.as_bytes();
@@ -104,6 +108,7 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
                     keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 expects_continue = field
                     .value
@@ -115,7 +120,7 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
     }
     let head = buf.split_to(len).freeze();
 
-    let framing_error = if transfer_encoding && lengths > 0 {
+    let head_error = if transfer_encoding && lengths > 0 {
         Some("both Content-Length and Transfer-Encoding")
     } else if lengths > 1 {
         Some("more than one Content-Length header")
@@ -125,17 +130,21 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
         Some("Transfer-Encoding in an HTTP/1.0 request")
     } else if transfer_encoding && !chunked {
         Some("Transfer-Encoding other than chunked")
+    } else if hosts > 1 {
+        Some("more than one Host header")
+    } else if hosts == 0 && version == Version::HTTP_11 {
+        Some("request without a Host header")
     } else {
         None
     };
-    let body = match (framing_error, chunked, length) {
+    let body = match (head_error, chunked, length) {
         (Some(_), _, _) => BodyFraming::None,
         (None, true, _) => BodyFraming::Chunked,
         (None, false, Some(n)) if n > 0 => BodyFraming::Length(n),
         _ => BodyFraming::None,
     };
     let keep_alive =
-        framing_error.is_none() && !close && (version == Version::HTTP_11 || keep_alive_token);
+        head_error.is_none() && !close && (version == Version::HTTP_11 || keep_alive_token);
 
     let (path_at, path_end) = path_span;
     let uri = Uri::from_maybe_shared(head.slice(path_at as usize..path_end as usize))
@@ -154,7 +163,7 @@ pub fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<He
             && version == Version::HTTP_11
             && body != BodyFraming::None,
         body,
-        framing_error,
+        head_error,
         keep_alive,
     }))
 }
@@ -188,7 +197,7 @@ mod tests {
         let many: Vec<_> = head.request.headers().get_all("x-many").iter().collect();
         assert_eq!(many, ["1", "2"]);
         assert_eq!(head.body, BodyFraming::Length(5));
-        assert!(head.keep_alive && head.framing_error.is_none() && !head.expects_continue);
+        assert!(head.keep_alive && head.head_error.is_none() && !head.expects_continue);
         // The body and the next request stay in the buffer.
         assert_eq!(&buf[..], b"helloGET");
     }
@@ -202,9 +211,9 @@ mod tests {
     #[test]
     fn keep_alive_follows_version_and_connection() {
         let keep = |raw: &[u8]| parse(raw).unwrap().unwrap().keep_alive;
-        assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(!keep(
-            b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n"
         ));
         assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
@@ -213,18 +222,23 @@ mod tests {
     #[test]
     fn frames_bodies() {
         let framing = |raw: &[u8]| parse(raw).unwrap().unwrap().body;
-        assert_eq!(framing(b"GET / HTTP/1.1\r\n\r\n"), BodyFraming::None);
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            framing(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
             BodyFraming::None
         );
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            BodyFraming::None
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             BodyFraming::Chunked
         );
-        let head = parse(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head = parse(
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert!(head.expects_continue);
     }
 
@@ -232,54 +246,68 @@ mod tests {
     fn flags_smuggling_attempts() {
         let verdict = |raw: &[u8]| {
             let head = parse(raw).unwrap().unwrap();
-            if head.framing_error.is_some() {
+            if head.head_error.is_some() {
                 assert_eq!(head.body, BodyFraming::None);
                 assert!(!head.keep_alive);
             }
-            head.framing_error
+            head.head_error
         };
         for (raw, why) in [
             (
-                &b"POST / HTTP/1.1\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
                 "both Content-Length and Transfer-Encoding",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
                 "more than one Content-Length header",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
                 "Transfer-Encoding other than chunked",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 "Transfer-Encoding other than chunked",
             ),
             (
                 b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "Transfer-Encoding in an HTTP/1.0 request",
             ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                "more than one Host header",
+            ),
+            (
+                b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+                "more than one Host header",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n\r\n",
+                "request without a Host header",
+            ),
         ] {
             assert_eq!(verdict(raw), Some(why), "{}", String::from_utf8_lossy(raw));
         }
+        // HTTP/1.0 did not require it.
+        assert_eq!(verdict(b"GET / HTTP/1.0\r\n\r\n"), None);
     }
 
     #[test]
     fn refuses_bad_and_oversized_heads() {
         assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n").unwrap_err(),
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n").unwrap_err(),
             ParseError::Reply(StatusCode::BAD_REQUEST, "malformed request head")
         );
         assert_eq!(
@@ -287,7 +315,7 @@ mod tests {
             ParseError::Reply(StatusCode::BAD_REQUEST, "malformed request head")
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
-        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(
             parse(raw.as_bytes()).unwrap_err(),
             ParseError::Reply(
@@ -295,7 +323,10 @@ mod tests {
                 "more than 100 header fields"
             )
         );
-        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(9000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n",
+            "a".repeat(9000)
+        );
         assert_eq!(
             parse(big.as_bytes()).unwrap_err(),
             ParseError::Reply(
@@ -303,7 +334,10 @@ mod tests {
                 "request head too large"
             )
         );
-        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         assert_eq!(
             parse(big.as_bytes()).unwrap_err(),
             ParseError::Reply(
