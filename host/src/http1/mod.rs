@@ -46,6 +46,21 @@ pub fn ends_chunked(value: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Whether a field describes one connection rather than the message (RFC 9110 §7.6.1), in
+/// any case: the upstream client leaves these out of the fields it passes on, and the proxy
+/// removes them from the maps it forwards (`proxy::headers::strip_hop_by_hop`).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"upgrade"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        18 => name.eq_ignore_ascii_case(b"proxy-authenticate"),
+        _ => false,
+    }
+}
+
 /// A set of field indexes (bit i: field i); [`MAX_HEADERS`] fits.
 pub type FieldSet = u128;
 
@@ -116,14 +131,6 @@ impl ReceivedFields {
             })
     }
 
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
     /// Puts the fields into `headers`, under those already there: a name the gateway set
     /// (`X-Request-Id`, quota headers) replaces the received fields of that name, as the
     /// writer does when it writes them from the bytes. The error says which part was invalid.
@@ -173,6 +180,30 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_names_in_any_case() {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "Proxy-Connection",
+            "TE",
+            "transfer-encoding",
+            "Upgrade",
+            "proxy-authenticate",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "trailer",
+            "proxy-authorization",
+            "content-length",
+            "tee",
+            "",
+        ] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
     fn received_fields_keep_all_but_the_skipped_in_order() {
         // As many fields as a head may have, skipping some at both ends of the set's range.
         let mut text = Vec::new();
@@ -192,7 +223,7 @@ mod tests {
         }
         let skip: FieldSet = 1 | 1 << 1 | 1 << 64 | 1 << (MAX_HEADERS - 1);
         let fields = ReceivedFields::new(Bytes::from(text), &spans, skip);
-        assert_eq!(fields.len(), MAX_HEADERS - 4);
+        assert_eq!(fields.iter().count(), MAX_HEADERS - 4);
         let names: Vec<String> = fields
             .iter()
             .map(|(name, _)| String::from_utf8_lossy(name).into_owned())

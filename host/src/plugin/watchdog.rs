@@ -7,10 +7,11 @@
 //! instead knows when each running call is due: a thread that runs plugin code publishes the
 //! call's deadline in its [`CallSlot`] for the length of the call, and the watchdog sleeps
 //! until the earliest deadline, or, with no call running, for the shortest time limit a recent
-//! call has had (a call that starts meanwhile with a shorter one wakes it to look again). It advances the epoch only when
-//! a call is overdue. Every running store's epoch deadline is the next epoch, so an advance
-//! reaches each running call at its next loop or function entry: the overdue one decides
-//! what to do (`deadline.rs`), the others find their own deadline has not passed and go on.
+//! call has had (a call that starts meanwhile with a shorter one wakes it to look again). It
+//! advances the epoch only when a call is overdue. Every running store's epoch deadline is the
+//! next epoch, so an advance reaches each running call at its next loop or function entry: the
+//! overdue one decides what to do (`deadline.rs`), the others find their own deadline has not
+//! passed and go on.
 //!
 //! So under load the watchdog wakes a couple of hundred times a second at most and advances
 //! nothing, and a call is stopped at its deadline plus the sleep's wake-up latency, not at the
@@ -103,10 +104,11 @@ impl Watchdog {
                     last_started: 0,
                     since: now_nanos(),
                 };
+                let forget_after = duration_nanos(forget_limits);
                 let mut limits_since = now_nanos();
                 loop {
                     let now = now_nanos();
-                    if now.saturating_sub(limits_since) >= duration_nanos(forget_limits) {
+                    if now.saturating_sub(limits_since) >= forget_after {
                         watchdog.forget_limits();
                         limits_since = now;
                     }

@@ -15,8 +15,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How many fields the proxy may add to a request: `X-Request-Id`, `traceparent`,
 /// `X-Forwarded-For/Proto/Host` and `Host`.
 pub const ADDED_REQUEST_FIELDS: usize = 6;
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
 /// including every header the `Connection` header names. `TE: trailers` is kept when the next
@@ -66,13 +64,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+    crate::http1::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in which case the

@@ -34,8 +34,8 @@ use body::{ClientBody, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
 use plugins::AfterRequest;
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
-/// `head_error` is the connection's verdict on this request's HTTP/1 framing (see
-/// `server::h1`): such a request is refused before anything else.
+/// `head_error` is the connection's verdict on this request's HTTP/1 head, its framing and its
+/// `Host` (see `server::h1::parse`): such a request is refused before anything else.
 pub async fn serve(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,

@@ -354,12 +354,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
                     connection_names_fields = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"keep-alive")
-            || name.eq_ignore_ascii_case(b"proxy-connection")
-            || name.eq_ignore_ascii_case(b"te")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"proxy-authenticate")
-        {
+        } else if http1::is_hop_by_hop(name) {
             hop_by_hop |= 1 << i;
         }
     }
