@@ -68,16 +68,20 @@ wait_for_line() { # file pattern pid tries -> 0 once file has a line matching pa
     grep -q "$pattern" "$file" 2>/dev/null
 }
 
-ticks() { # pids... -> utime+stime summed (clock ticks)
-    local total=0 pid rest
+proc_ticks() { # awk-expression pids... -> the expression over /proc/PID/stat, summed (clock ticks)
+    local expr=$1 total=0 pid rest
+    shift
     for pid in "$@"; do
         # field 2 (comm) may contain spaces; cut everything up to the last ')'
         rest=$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null) || continue
         # after comm: field 3 is state => utime (14) and stime (15) are items 12 and 13
-        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+        total=$((total + $(awk "{print $expr}" <<<"$rest")))
     done
     echo "$total"
 }
+
+ticks() { proc_ticks '$12 + $13' "$@"; }   # pids... -> utime+stime
+sys_ticks() { proc_ticks '$13' "$@"; }     # pids... -> stime: the kernel's share
 
 # whole-machine busy clock ticks since boot (user+nice+system+irq+softirq+steal)
 machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }

@@ -540,8 +540,8 @@ url_of() {
 
 RESULTS=()
 run_wrk() { # target round
-    local target=$1 round=$2 url pids ours before after ours0 ours1 m0 m1 t0 t1 wrk_s
-    local out reqs rps p50 p99 errs cpu rss other EXTRA
+    local target=$1 round=$2 url pids ours before after sys0 sys1 ours0 ours1 m0 m1 t0 t1 wrk_s
+    local out reqs rps p50 p99 errs cpu sys rss other EXTRA
     focus "$target"
     url=$(url_of "$target")
     pids=$(cpu_pids "$target")
@@ -550,10 +550,10 @@ run_wrk() { # target round
     kill -0 $pids 2>/dev/null || die "$target is no longer running"
     wrk_extra "$target"
     m0=$(machine_busy); t0=$(date +%s.%N); ours0=$(ticks $ours)
-    before=$(ticks $pids)
+    before=$(ticks $pids); sys0=$(sys_ticks $pids)
     { TIMEFORMAT='%3U %3S'; time "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
         --latency "${EXTRA[@]}" "$url" >"$TMP/wrk-$target-$round.txt" 2>&1 || true; } 2>"$TMP/time-$target-$round.txt"
-    after=$(ticks $pids)
+    after=$(ticks $pids); sys1=$(sys_ticks $pids)
     ours1=$(ticks $ours); t1=$(date +%s.%N); m1=$(machine_busy)
     out=$(<"$TMP/wrk-$target-$round.txt")
     wrk_s=$(awk '{print $1 + $2}' "$TMP/time-$target-$round.txt")
@@ -570,15 +570,16 @@ run_wrk() { # target round
     if [[ -z "$reqs" || -z "$rps" || "$reqs" == 0 ]]; then
         say "wrk against $target failed:"
         printf '%s\n' "$out" >&2
-        RESULTS+=("$round|$target|-|-|-|-|-|-|-")
+        RESULTS+=("$round|$target|-|-|-|-|-|-|-|-")
         return
     fi
     cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
+    sys=$(awk -v s=$((sys1 - sys0)) -v d=$((after - before)) 'BEGIN {printf "%.0f", (d > 0) ? 100 * s / d : 0}')
     rss=$(awk -v k="$(rss_kb "$(rss_pid "$target")")" 'BEGIN {printf "%.1f", k / 1024}')
     p50=$(to_ms "$p50"); p99=$(to_ms "$p99")
-    printf '   %-24s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req  rss %6s MiB  errors %s  other load %s%%\n' \
-        "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other" >&2
-    RESULTS+=("$round|$target|$rps|$p50|$p99|$cpu|$rss|$errs|$other")
+    printf '   %-24s round %s: %8s req/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req (sys %s%%)  rss %6s MiB  errors %s  other load %s%%\n' \
+        "$(label_of "$target")" "$round" "$rps" "$p50" "$p99" "$cpu" "$sys" "$rss" "$errs" "$other" >&2
+    RESULTS+=("$round|$target|$rps|$p50|$p99|$cpu|$sys|$rss|$errs|$other")
 }
 
 # whole-machine CPU busy % over one second (anything else running skews the numbers)
@@ -641,20 +642,22 @@ echo "wasmgate: $BUILD_INFO"
 ((uses_envoy)) && echo "envoy: $ENVOY_INFO ($ENVOY)"
 ((PAUSE_IDLE)) && echo "wasmgate and Envoy processes not under test were paused (SIGSTOP) during each run"
 echo
-printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
-    round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB" errors "other %"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------------- ----------: \
-    ---------: ---------: -----------: ---------: -------: --------:
+printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %5s | %8s | %6s | %7s |\n' \
+    round target "req/s" "p50 ms" "p99 ms" "cpu us/req" "sys %" "rss MiB" errors "other %"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------  -------------------------- ----------: \
+    ---------: ---------: -----------: ------: ---------: -------: --------:
 declare -A CPU_OF RSS_OF
 for row in "${RESULTS[@]}"; do
-    IFS='|' read -r round target rps p50 p99 cpu rss errs other <<<"$row"
+    IFS='|' read -r round target rps p50 p99 cpu sys rss errs other <<<"$row"
     CPU_OF[$round.$target]=$cpu
     RSS_OF[$round.$target]=$rss
-    printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %8s | %6s | %7s |\n' \
-        "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" "$other"
+    printf '| %-5s | %-24s | %9s | %8s | %8s | %10s | %5s | %8s | %6s | %7s |\n' \
+        "$round" "$(label_of "$target")" "$rps" "$p50" "$p99" "$cpu" "$sys" "$rss" "$errs" "$other"
 done
 echo
 echo "cpu us/req: utime+stime of the proxy (nginx: master+worker; wasmgate, Envoy: all threads) / requests."
+echo "sys %: the kernel's share of that CPU (stime / (utime + stime)): system calls, and the TCP"
+echo "       work the kernel does for the proxy's sockets (loopback delivery, wake-ups)."
 echo "upstream (direct) row: cpu and rss are the upstream nginx's own, no proxy in the path."
 echo "other %: CPU used during the run by anything but wrk, the upstream and the proxy, as % of all"
 echo "         cores (e.g. a compiler running next to the benchmark); rows with a high value are suspect."
