@@ -156,11 +156,11 @@ pub trait Plugin: Sized + 'static {
 /// Logging through the gateway's log, tagged with the plugin's name. In native tests the
 /// lines go to standard error.
 pub mod log {
-    use crate::bindings::wasmgate::plugin::http::Level;
+    use crate::bindings::wasmgate::plugin::host::Level;
 
     fn emit(level: Level, message: &str) {
         if cfg!(target_arch = "wasm32") {
-            crate::bindings::wasmgate::plugin::http::log(level, message);
+            crate::bindings::wasmgate::plugin::host::log(level, message);
         } else {
             eprintln!("[{level:?}] {message}");
         }
@@ -186,7 +186,7 @@ pub mod __private {
     use std::cell::RefCell;
 
     use crate::bindings::exports::wasmgate::plugin::handler as wit;
-    use crate::bindings::wasmgate::plugin::http;
+    use crate::bindings::wasmgate::plugin::request;
     use crate::{Action, Plugin, Request, Response};
 
     pub fn init<P: Plugin>(
@@ -208,31 +208,28 @@ pub mod __private {
         })
     }
 
-    pub fn on_request<P: Plugin>(
-        slot: &RefCell<Option<P>>,
-        request: &http::Request,
-    ) -> wit::Action {
+    pub fn on_request<P: Plugin>(slot: &RefCell<Option<P>>) {
         let mut slot = slot.borrow_mut();
         let Some(plugin) = slot.as_mut() else {
-            return wit::Action::Respond(wit::Reply {
+            request::respond(&request::Reply {
                 status: 500,
                 headers: Vec::new(),
                 body: b"plugin called before init".to_vec(),
             });
+            return;
         };
-        match plugin.on_request(&mut Request::from_host(request)) {
-            Action::Continue => wit::Action::Continue,
-            Action::Respond(reply) => wit::Action::Respond(wit::Reply {
+        if let Action::Respond(reply) = plugin.on_request(&mut Request::from_host()) {
+            request::respond(&request::Reply {
                 status: reply.status,
                 headers: reply.headers,
                 body: reply.body,
-            }),
+            });
         }
     }
 
-    pub fn on_response<P: Plugin>(slot: &RefCell<Option<P>>, response: &http::Response) {
+    pub fn on_response<P: Plugin>(slot: &RefCell<Option<P>>) {
         if let Some(plugin) = slot.borrow_mut().as_mut() {
-            plugin.on_response(&mut Response::from_host(response));
+            plugin.on_response(&mut Response::from_host());
         }
     }
 }
@@ -259,14 +256,12 @@ macro_rules! export_plugin {
                     PLUGIN.with(|slot| $crate::__private::init::<$plugin>(slot, &config))
                 }
 
-                fn on_request(
-                    request: &$crate::bindings::wasmgate::plugin::http::Request,
-                ) -> $crate::bindings::exports::wasmgate::plugin::handler::Action {
-                    PLUGIN.with(|slot| $crate::__private::on_request::<$plugin>(slot, request))
+                fn on_request() {
+                    PLUGIN.with(|slot| $crate::__private::on_request::<$plugin>(slot))
                 }
 
-                fn on_response(response: &$crate::bindings::wasmgate::plugin::http::Response) {
-                    PLUGIN.with(|slot| $crate::__private::on_response::<$plugin>(slot, response))
+                fn on_response() {
+                    PLUGIN.with(|slot| $crate::__private::on_response::<$plugin>(slot))
                 }
             }
 

@@ -1,12 +1,14 @@
-//! [`Request`] and [`Response`]: what a plugin sees. In the gateway they are handles to the
-//! gateway's own data (each call reads or changes one part); in native tests they wrap a
+//! [`Request`] and [`Response`]: what a plugin sees. In the gateway they stand for the
+//! gateway's own request or response of the running call (each method reads or changes one
+//! part, through the `request` and `response` interfaces); in native tests they wrap a
 //! [`TestRequest`] or [`TestResponse`].
 
-use crate::bindings::wasmgate::plugin::http;
+use crate::bindings::wasmgate::plugin::{host, request, response};
 use crate::testing::{TestRequest, TestResponse};
 
 enum RequestRef<'a> {
-    Host(&'a http::Request),
+    /// The gateway's request of the running call.
+    Host,
     Test(&'a mut TestRequest),
 }
 
@@ -16,7 +18,8 @@ pub struct Request<'a> {
 }
 
 enum ResponseRef<'a> {
-    Host(&'a http::Response),
+    /// The gateway's response of the running call.
+    Host,
     Test(&'a mut TestResponse),
 }
 
@@ -30,9 +33,9 @@ fn text(bytes: Option<Vec<u8>>) -> Option<String> {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn from_host(request: &'a http::Request) -> Self {
+    pub(crate) fn from_host() -> Self {
         Request {
-            inner: RequestRef::Host(request),
+            inner: RequestRef::Host,
         }
     }
 
@@ -44,14 +47,14 @@ impl<'a> Request<'a> {
 
     pub fn method(&self) -> String {
         match &self.inner {
-            RequestRef::Host(r) => r.method(),
+            RequestRef::Host => request::method(),
             RequestRef::Test(t) => t.method.clone(),
         }
     }
 
     pub fn set_method(&mut self, method: &str) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.set_method(method),
+            RequestRef::Host => request::set_method(method),
             RequestRef::Test(t) => {
                 t.method = method.to_owned();
                 Ok(())
@@ -62,14 +65,14 @@ impl<'a> Request<'a> {
     /// The path without the query (percent-encoded, as received).
     pub fn path(&self) -> String {
         match &self.inner {
-            RequestRef::Host(r) => r.path(),
+            RequestRef::Host => request::path(),
             RequestRef::Test(t) => t.path.clone(),
         }
     }
 
     pub fn set_path(&mut self, path: &str) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.set_path(path),
+            RequestRef::Host => request::set_path(path),
             RequestRef::Test(t) => {
                 if !path.starts_with('/') {
                     return Err(format!("path `{path}` must start with `/`"));
@@ -83,14 +86,14 @@ impl<'a> Request<'a> {
     /// The query string without `?`.
     pub fn query(&self) -> Option<String> {
         match &self.inner {
-            RequestRef::Host(r) => r.query(),
+            RequestRef::Host => request::query(),
             RequestRef::Test(t) => t.query.clone(),
         }
     }
 
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.set_query(query),
+            RequestRef::Host => request::set_query(query),
             RequestRef::Test(t) => {
                 t.query = query.map(str::to_owned);
                 Ok(())
@@ -101,7 +104,7 @@ impl<'a> Request<'a> {
     /// First value of a header (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
         match &self.inner {
-            RequestRef::Host(r) => r.header(name),
+            RequestRef::Host => request::header(name),
             RequestRef::Test(t) => t.headers.first(name),
         }
     }
@@ -113,14 +116,14 @@ impl<'a> Request<'a> {
 
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
         match &self.inner {
-            RequestRef::Host(r) => r.header_all(name),
+            RequestRef::Host => request::header_all(name),
             RequestRef::Test(t) => t.headers.all(name),
         }
     }
 
     pub fn header_names(&self) -> Vec<String> {
         match &self.inner {
-            RequestRef::Host(r) => r.header_names(),
+            RequestRef::Host => request::header_names(),
             RequestRef::Test(t) => t.headers.names(),
         }
     }
@@ -128,21 +131,21 @@ impl<'a> Request<'a> {
     /// Replaces every value of the header.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.set_header(name, value.as_ref()),
+            RequestRef::Host => request::set_header(name, value.as_ref()),
             RequestRef::Test(t) => t.headers.set(name, value.as_ref()),
         }
     }
 
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.append_header(name, value.as_ref()),
+            RequestRef::Host => request::append_header(name, value.as_ref()),
             RequestRef::Test(t) => t.headers.append(name, value.as_ref()),
         }
     }
 
     pub fn remove_header(&mut self, name: &str) {
         match &mut self.inner {
-            RequestRef::Host(r) => r.remove_header(name),
+            RequestRef::Host => request::remove_header(name),
             RequestRef::Test(t) => t.headers.remove(name),
         }
     }
@@ -150,14 +153,14 @@ impl<'a> Request<'a> {
     /// The whole body; `None` unless [`Capabilities::request_body`](crate::Capabilities) was declared.
     pub fn body(&self) -> Option<Vec<u8>> {
         match &self.inner {
-            RequestRef::Host(r) => r.body(),
+            RequestRef::Host => request::body(),
             RequestRef::Test(t) => t.body.clone(),
         }
     }
 
     pub fn set_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            RequestRef::Host(r) => r.set_body(body.as_ref()),
+            RequestRef::Host => request::set_body(body.as_ref()),
             RequestRef::Test(t) => {
                 t.body = Some(body.as_ref().to_vec());
                 Ok(())
@@ -169,7 +172,7 @@ impl<'a> Request<'a> {
     /// its port if it had one.
     pub fn host(&self) -> Option<String> {
         match &self.inner {
-            RequestRef::Host(r) => r.host(),
+            RequestRef::Host => request::host(),
             RequestRef::Test(t) => t.host.clone(),
         }
     }
@@ -177,7 +180,7 @@ impl<'a> Request<'a> {
     /// The client's address (after the gateway's `trusted_proxies`).
     pub fn client_ip(&self) -> String {
         match &self.inner {
-            RequestRef::Host(r) => r.client_ip(),
+            RequestRef::Host => request::client_ip(),
             RequestRef::Test(t) => t.client_ip.clone(),
         }
     }
@@ -185,14 +188,14 @@ impl<'a> Request<'a> {
     /// The route's name, or `#N` for unnamed routes.
     pub fn route(&self) -> String {
         match &self.inner {
-            RequestRef::Host(r) => r.route(),
+            RequestRef::Host => request::route(),
             RequestRef::Test(t) => t.route.clone(),
         }
     }
 
     pub fn request_id(&self) -> String {
         match &self.inner {
-            RequestRef::Host(r) => r.request_id(),
+            RequestRef::Host => request::request_id(),
             RequestRef::Test(t) => t.request_id.clone(),
         }
     }
@@ -200,7 +203,7 @@ impl<'a> Request<'a> {
     /// A context value set earlier in this request's chain (`ctx:NAME`).
     pub fn ctx(&self, name: &str) -> Option<String> {
         match &self.inner {
-            RequestRef::Host(_) => http::ctx_get(name),
+            RequestRef::Host => host::ctx_get(name),
             RequestRef::Test(t) => t.ctx.get(name).cloned(),
         }
     }
@@ -208,7 +211,7 @@ impl<'a> Request<'a> {
     /// Sets a context value for later plugins, the rate limiter, templates and the access log.
     pub fn set_ctx(&mut self, name: &str, value: &str) {
         match &mut self.inner {
-            RequestRef::Host(_) => http::ctx_set(name, value),
+            RequestRef::Host => host::ctx_set(name, value),
             RequestRef::Test(t) => {
                 t.ctx.insert(name.to_owned(), value.to_owned());
             }
@@ -217,9 +220,9 @@ impl<'a> Request<'a> {
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn from_host(response: &'a http::Response) -> Self {
+    pub(crate) fn from_host() -> Self {
         Response {
-            inner: ResponseRef::Host(response),
+            inner: ResponseRef::Host,
         }
     }
 
@@ -231,14 +234,14 @@ impl<'a> Response<'a> {
 
     pub fn status(&self) -> u16 {
         match &self.inner {
-            ResponseRef::Host(r) => r.status(),
+            ResponseRef::Host => response::status(),
             ResponseRef::Test(t) => t.status,
         }
     }
 
     pub fn set_status(&mut self, status: u16) -> Result<(), String> {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.set_status(status),
+            ResponseRef::Host => response::set_status(status),
             ResponseRef::Test(t) => {
                 if !(100..=999).contains(&status) {
                     return Err(format!("{status} is not an HTTP status"));
@@ -251,7 +254,7 @@ impl<'a> Response<'a> {
 
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
         match &self.inner {
-            ResponseRef::Host(r) => r.header(name),
+            ResponseRef::Host => response::header(name),
             ResponseRef::Test(t) => t.headers.first(name),
         }
     }
@@ -262,35 +265,35 @@ impl<'a> Response<'a> {
 
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
         match &self.inner {
-            ResponseRef::Host(r) => r.header_all(name),
+            ResponseRef::Host => response::header_all(name),
             ResponseRef::Test(t) => t.headers.all(name),
         }
     }
 
     pub fn header_names(&self) -> Vec<String> {
         match &self.inner {
-            ResponseRef::Host(r) => r.header_names(),
+            ResponseRef::Host => response::header_names(),
             ResponseRef::Test(t) => t.headers.names(),
         }
     }
 
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.set_header(name, value.as_ref()),
+            ResponseRef::Host => response::set_header(name, value.as_ref()),
             ResponseRef::Test(t) => t.headers.set(name, value.as_ref()),
         }
     }
 
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.append_header(name, value.as_ref()),
+            ResponseRef::Host => response::append_header(name, value.as_ref()),
             ResponseRef::Test(t) => t.headers.append(name, value.as_ref()),
         }
     }
 
     pub fn remove_header(&mut self, name: &str) {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.remove_header(name),
+            ResponseRef::Host => response::remove_header(name),
             ResponseRef::Test(t) => t.headers.remove(name),
         }
     }
@@ -298,14 +301,14 @@ impl<'a> Response<'a> {
     /// The whole body; `None` unless [`Capabilities::response_body`](crate::Capabilities) was declared.
     pub fn body(&self) -> Option<Vec<u8>> {
         match &self.inner {
-            ResponseRef::Host(r) => r.body(),
+            ResponseRef::Host => response::body(),
             ResponseRef::Test(t) => t.body.clone(),
         }
     }
 
     pub fn set_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.set_body(body.as_ref()),
+            ResponseRef::Host => response::set_body(body.as_ref()),
             ResponseRef::Test(t) => {
                 t.body = Some(body.as_ref().to_vec());
                 Ok(())
@@ -315,14 +318,14 @@ impl<'a> Response<'a> {
 
     pub fn trailer(&self, name: &str) -> Option<Vec<u8>> {
         match &self.inner {
-            ResponseRef::Host(r) => r.trailer(name),
+            ResponseRef::Host => response::trailer(name),
             ResponseRef::Test(t) => t.trailers.first(name),
         }
     }
 
     pub fn set_trailer(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.set_trailer(name, value.as_ref()),
+            ResponseRef::Host => response::set_trailer(name, value.as_ref()),
             ResponseRef::Test(t) => t.trailers.set(name, value.as_ref()),
         }
     }
@@ -330,7 +333,7 @@ impl<'a> Response<'a> {
     /// Removes a trailer (ignored without `response_body`, and for reserved names).
     pub fn remove_trailer(&mut self, name: &str) {
         match &mut self.inner {
-            ResponseRef::Host(r) => r.remove_trailer(name),
+            ResponseRef::Host => response::remove_trailer(name),
             ResponseRef::Test(t) => t.trailers.remove(name),
         }
     }
@@ -338,7 +341,7 @@ impl<'a> Response<'a> {
     /// The method of the request this response answers, as the client sent it.
     pub fn request_method(&self) -> String {
         match &self.inner {
-            ResponseRef::Host(r) => r.request_method(),
+            ResponseRef::Host => response::request_method(),
             ResponseRef::Test(t) => t.request.method.clone(),
         }
     }
@@ -347,7 +350,7 @@ impl<'a> Response<'a> {
     /// sent it.
     pub fn request_path(&self) -> String {
         match &self.inner {
-            ResponseRef::Host(r) => r.request_path(),
+            ResponseRef::Host => response::request_path(),
             ResponseRef::Test(t) => t.request.path.clone(),
         }
     }
@@ -355,7 +358,7 @@ impl<'a> Response<'a> {
     /// The host the client asked for; see [`Request::host`].
     pub fn request_host(&self) -> Option<String> {
         match &self.inner {
-            ResponseRef::Host(r) => r.request_host(),
+            ResponseRef::Host => response::request_host(),
             ResponseRef::Test(t) => t.request.host.clone(),
         }
     }
@@ -363,7 +366,7 @@ impl<'a> Response<'a> {
     /// The client's address; see [`Request::client_ip`].
     pub fn client_ip(&self) -> String {
         match &self.inner {
-            ResponseRef::Host(r) => r.client_ip(),
+            ResponseRef::Host => response::client_ip(),
             ResponseRef::Test(t) => t.request.client_ip.clone(),
         }
     }
@@ -371,14 +374,14 @@ impl<'a> Response<'a> {
     /// The route's name, or `#N` for unnamed routes.
     pub fn route(&self) -> String {
         match &self.inner {
-            ResponseRef::Host(r) => r.route(),
+            ResponseRef::Host => response::route(),
             ResponseRef::Test(t) => t.request.route.clone(),
         }
     }
 
     pub fn request_id(&self) -> String {
         match &self.inner {
-            ResponseRef::Host(r) => r.request_id(),
+            ResponseRef::Host => response::request_id(),
             ResponseRef::Test(t) => t.request.request_id.clone(),
         }
     }
@@ -386,14 +389,14 @@ impl<'a> Response<'a> {
     /// A context value of this request (`ctx:NAME`).
     pub fn ctx(&self, name: &str) -> Option<String> {
         match &self.inner {
-            ResponseRef::Host(_) => http::ctx_get(name),
+            ResponseRef::Host => host::ctx_get(name),
             ResponseRef::Test(t) => t.ctx.get(name).cloned(),
         }
     }
 
     pub fn set_ctx(&mut self, name: &str, value: &str) {
         match &mut self.inner {
-            ResponseRef::Host(_) => http::ctx_set(name, value),
+            ResponseRef::Host => host::ctx_set(name, value),
             ResponseRef::Test(t) => {
                 t.ctx.insert(name.to_owned(), value.to_owned());
             }

@@ -228,7 +228,15 @@ async fn plugins_get_clocks_random_and_an_empty_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_fail_only_their_own_requests() {
     let upstream = TestUpstream::start("app").await;
-    let modes = ["trap", "panic", "loop", "memory", "huge-header", "print"];
+    let modes = [
+        "trap",
+        "panic",
+        "loop",
+        "memory",
+        "huge-header",
+        "print",
+        "out-of-phase",
+    ];
     let mut routes = String::from(
         "[[routes]]\npath = \"/ok\"\nupstream = \"app\"\nplugins = [{ use = \"t\", config = { mode = \"tag\", name = \"ok\" } }]\n",
     );
@@ -295,6 +303,10 @@ async fn hostile_plugins_fail_only_their_own_requests() {
     let stderr = gateway.stderr();
     assert!(stderr.contains("exceeded its time limit"), "{stderr}");
     assert!(stderr.contains("trapped"), "{stderr}");
+    assert!(
+        stderr.contains("on-response failed: `request` functions are only for `on-request`"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::compile::{self, Origin};
-use super::host::{CallState, PluginWorld, PluginWorldPre};
+use super::host::{self, CallState, PluginWorld, PluginWorldPre};
 use super::watchdog::{Watchdog, Watched, now_nanos};
 
 /// The largest linear memory a plugin may have, whatever its `memory_limit`.
@@ -116,6 +116,7 @@ impl PluginEngine {
             return Ok((pre.clone(), None));
         }
         let (component, origin) = compile::load_component(&self.engine, &hash, bytes)?;
+        check_world_version(&self.engine, &component)?;
         // WASI functions the gateway does not offer (streams, files, sockets) trap when called:
         // that fails the one request, never the gateway.
         let mut linker = self.linker.clone();
@@ -148,7 +149,9 @@ const PROVIDED: &[&str] = &[
     "wasi:random/insecure-seed",
     "wasi:cli/environment",
     "wasi:cli/exit",
-    "wasmgate:plugin/http",
+    "wasmgate:plugin/request",
+    "wasmgate:plugin/response",
+    "wasmgate:plugin/host",
 ];
 
 /// The part of WASI a plugin gets: wall and monotonic clocks, random numbers, an empty
@@ -171,6 +174,31 @@ fn add_wasi(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     cli::exit::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
     cli::environment::add_to_linker::<CallState, WasiCli>(linker, |t| t.cli())?;
     Ok(())
+}
+
+/// Refuses a plugin built against another version of the plugin world, with a message that
+/// says so, rather than leaving it to a failing link (or, worse, to traps at run time).
+fn check_world_version(engine: &Engine, component: &Component) -> Result<(), String> {
+    for (import, _) in component.component_type().imports(engine) {
+        if let Some(theirs) = foreign_world_version(import) {
+            return Err(format!(
+                "the plugin was built for wasmgate:plugin@{theirs}, this gateway runs \
+                 wasmgate:plugin@{}: rebuild it with this version's wasmgate-sdk",
+                host::WORLD_VERSION
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The version of the plugin world an import belongs to, when it is not this gateway's.
+fn foreign_world_version(import: &str) -> Option<&str> {
+    let interface = import.strip_prefix("wasmgate:plugin/")?;
+    match interface.split_once('@') {
+        Some((_, version)) if version == host::WORLD_VERSION => None,
+        Some((_, version)) => Some(version),
+        None => Some("(no version)"),
+    }
 }
 
 /// Defines every import of `component` that the gateway does not provide as a function that
@@ -241,4 +269,24 @@ pub(super) fn release_compiler_memory() {
     rayon::broadcast(|_| unsafe { mi_collect(true) });
     // SAFETY: as above.
     unsafe { mi_collect(true) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_of_another_world_version_are_told_apart() {
+        assert_eq!(
+            foreign_world_version("wasmgate:plugin/http@0.1.0"),
+            Some("0.1.0")
+        );
+        assert_eq!(
+            foreign_world_version("wasmgate:plugin/request"),
+            Some("(no version)")
+        );
+        let ours = format!("wasmgate:plugin/request@{}", host::WORLD_VERSION);
+        assert_eq!(foreign_world_version(&ours), None);
+        assert_eq!(foreign_world_version("wasi:random/random@0.2.6"), None);
+    }
 }

@@ -1,5 +1,5 @@
 //! The gateway's side of the plugin world: the data a call sees (in the store), and the host
-//! functions plugins call through their request/response handles.
+//! functions plugins call on the request or response of the running call.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,30 +8,29 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../plugin-sdk/wit",
-    with: {
-        "wasmgate:plugin/http.request": RequestHandle,
-        "wasmgate:plugin/http.response": ResponseHandle,
-    },
+    // A `request` function called outside `on-request` (or a `response` one outside
+    // `on-response`) traps: it is a bug in the plugin, and there is no message to act on.
+    imports: { default: trappable },
 });
 
-use self::wasmgate::plugin::http::{self as api, Level};
+/// The version of the `wasmgate:plugin` package above: plugins built for another are refused
+/// at load with a message that says so (a unit test keeps this in step with the WIT file).
+pub const WORLD_VERSION: &str = "0.2.0";
+
+use self::wasmgate::plugin::host::Level;
+use self::wasmgate::plugin::{host as host_api, request as request_api, response as response_api};
 use super::loan::{Borrowed, Loan};
 use crate::http1::ReceivedFields;
 pub use Plugin as PluginWorld;
 pub use PluginPre as PluginWorldPre;
-pub use exports::wasmgate::plugin::handler::{Action, Reply};
-
-/// The request handle's type (the data lives in [`CallState::request`]).
-pub struct RequestHandle;
-/// The response handle's type (the data lives in [`CallState::response`]).
-pub struct ResponseHandle;
+pub use request_api::Reply;
 
 /// A plugin may not add more header bytes than this in one call.
 const MAX_HEADER_OUTPUT: usize = 64 * 1024;
@@ -76,17 +75,6 @@ impl RequestInfo {
         }
     }
 
-    pub(crate) fn empty() -> Self {
-        RequestInfo {
-            client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            route: Arc::from(""),
-            request_id: HeaderValue::from_static(""),
-            method: Method::GET,
-            uri: Uri::default(),
-            host_header: None,
-        }
-    }
-
     /// The authority the client asked for: HTTP/2's `:authority`, else the `Host` header.
     fn host(&self) -> Option<String> {
         match (self.uri.authority(), &self.host_header) {
@@ -107,6 +95,8 @@ pub struct RequestView {
     /// `Some` when some plugin in the chain asked for the request body.
     pub body: Option<Bytes>,
     pub body_visible: bool,
+    /// The answer of the plugin that called `respond`, taken after its call.
+    pub reply: Option<Reply>,
 }
 
 /// The response as the plugin sees it.
@@ -195,9 +185,9 @@ pub struct CallState {
     limits: Limits,
     /// What the running call borrows; nothing between calls.
     loan: Loan,
-    /// Stand-ins for host calls made outside the phase their handle belongs to: wasmtime's
-    /// handle checks rule that out, so these only keep the host functions total.
-    spare: Option<Box<Spare>>,
+    /// The context values `init` sees: none, and what it sets is forgotten (`init` runs once
+    /// per instance, not per request).
+    init_ctx: Context,
     /// The running call's time limit.
     pub deadline: super::deadline::Deadline,
     /// Header bytes the current call has added.
@@ -223,7 +213,7 @@ impl CallState {
                 memory_refused: false,
             },
             loan: Loan::default(),
-            spare: None,
+            init_ctx: Context::new(),
             deadline: Default::default(),
             header_output: 0,
             names: HeaderNames::default(),
@@ -256,41 +246,43 @@ impl CallState {
         self.loan.end();
     }
 
-    fn request(&mut self) -> &mut RequestView {
-        // The request handle exists only during `on-request`, when the view is lent.
-        match self.loan.request() {
-            Some(view) => view,
-            None => &mut self.spare.get_or_insert_with(Spare::boxed).request,
-        }
+    /// The request of the running `on-request` call.
+    fn request(&mut self) -> wasmtime::Result<&mut RequestView> {
+        self.loan
+            .request()
+            .ok_or_else(|| wasmtime::format_err!("`request` functions are only for `on-request`"))
     }
 
-    fn response(&mut self) -> &mut ResponseView {
-        match self.loan.response() {
-            Some(view) => view,
-            None => &mut self.spare.get_or_insert_with(Spare::boxed).response,
-        }
+    /// The response of the running `on-response` call.
+    fn response(&mut self) -> wasmtime::Result<&mut ResponseView> {
+        self.loan
+            .response()
+            .ok_or_else(|| wasmtime::format_err!("`response` functions are only for `on-response`"))
     }
 
     fn ctx(&mut self) -> &mut Context {
         match self.loan.ctx() {
             Some(ctx) => ctx,
-            None => &mut self.spare.get_or_insert_with(Spare::boxed).ctx,
+            None => {
+                self.init_ctx.clear();
+                &mut self.init_ctx
+            }
         }
     }
 
-    fn info(&mut self) -> &RequestInfo {
-        match self.loan.info() {
-            Some(info) => info,
-            None => &self.spare.get_or_insert_with(Spare::boxed).info,
-        }
+    /// The identity of the request being handled (lent to both phases).
+    fn info(&self) -> wasmtime::Result<&RequestInfo> {
+        self.loan
+            .info()
+            .ok_or_else(|| wasmtime::format_err!("no request is being handled"))
     }
 
     /// The headers of either message, complete (see [`ResponseView::received`]).
-    fn headers(&mut self, part: Part) -> &mut HeaderMap {
-        match part {
-            Part::Request => &mut self.request().parts.headers,
-            Part::Response => self.response().complete_headers(),
-        }
+    fn headers(&mut self, part: Part) -> wasmtime::Result<&mut HeaderMap> {
+        Ok(match part {
+            Part::Request => &mut self.request()?.parts.headers,
+            Part::Response => self.response()?.complete_headers(),
+        })
     }
 
     /// `set-header` / `append-header` of either message, within the call's output budget.
@@ -300,49 +292,71 @@ impl CallState {
         name: &str,
         value: Vec<u8>,
         append: bool,
-    ) -> Result<(), String> {
-        self.charge(name, &value)?;
-        let name = self.names.parse(name)?;
+    ) -> wasmtime::Result<Result<(), String>> {
+        // Out of phase traps, even when the header would be refused anyway.
+        self.headers_unmerged(part)?;
+        if let Err(why) = self.charge(name, &value) {
+            return Ok(Err(why));
+        }
+        let name = match self.names.parse(name) {
+            Ok(name) => name,
+            Err(why) => return Ok(Err(why)),
+        };
         let headers = match (part, append) {
             // Setting replaces every field of the name, received or not: the received fields
             // need not be merged for that (the writer skips those the map names).
-            (Part::Response, false) => &mut self.response().parts.headers,
-            _ => self.headers(part),
+            (Part::Response, false) => self.headers_unmerged(part)?,
+            _ => self.headers(part)?,
         };
-        set(headers, name, value, append)
+        Ok(set(headers, name, value, append))
     }
 
-    fn drop_header(&mut self, part: Part, name: &str) {
-        if let Ok(name) = self.names.parse(name)
+    /// The map of either message without merging the upstream's received fields into it.
+    fn headers_unmerged(&mut self, part: Part) -> wasmtime::Result<&mut HeaderMap> {
+        Ok(match part {
+            Part::Request => &mut self.request()?.parts.headers,
+            Part::Response => &mut self.response()?.parts.headers,
+        })
+    }
+
+    fn drop_header(&mut self, part: Part, name: &str) -> wasmtime::Result<()> {
+        let name = self.names.parse(name);
+        let headers = self.headers(part)?;
+        if let Ok(name) = name
             && !reserved(&name)
         {
-            self.headers(part).remove(name);
+            headers.remove(name);
         }
+        Ok(())
     }
 
     /// The body slot of either message and whether the current plugin declared it.
-    fn body_slot(&mut self, part: Part) -> (&mut Option<Bytes>, bool) {
-        match part {
+    fn body_slot(&mut self, part: Part) -> wasmtime::Result<(&mut Option<Bytes>, bool)> {
+        Ok(match part {
             Part::Request => {
-                let request = self.request();
+                let request = self.request()?;
                 (&mut request.body, request.body_visible)
             }
             Part::Response => {
-                let response = self.response();
+                let response = self.response()?;
                 (&mut response.body, response.body_visible)
             }
-        }
+        })
     }
 
-    fn read_body(&mut self, part: Part) -> Option<Vec<u8>> {
-        match self.body_slot(part) {
+    fn read_body(&mut self, part: Part) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(match self.body_slot(part)? {
             (body, true) => body.as_ref().map(|b| b.to_vec()),
             (_, false) => None,
-        }
+        })
     }
 
-    fn write_body(&mut self, part: Part, new_body: Vec<u8>) -> Result<(), String> {
-        match self.body_slot(part) {
+    fn write_body(
+        &mut self,
+        part: Part,
+        new_body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(match self.body_slot(part)? {
             (body, true) => {
                 *body = Some(Bytes::from(new_body));
                 Ok(())
@@ -351,7 +365,7 @@ impl CallState {
                 Part::Request => "the plugin did not declare `request-body`".into(),
                 Part::Response => "the plugin did not declare `response-body`".into(),
             }),
-        }
+        })
     }
 
     fn charge(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
@@ -363,45 +377,6 @@ impl CallState {
         } else {
             Ok(())
         }
-    }
-}
-
-/// See [`CallState::spare`].
-struct Spare {
-    request: RequestView,
-    response: ResponseView,
-    ctx: Context,
-    info: RequestInfo,
-}
-
-impl Spare {
-    fn boxed() -> Box<Spare> {
-        Box::new(Spare {
-            request: empty_request(),
-            response: empty_response(),
-            ctx: Context::new(),
-            info: RequestInfo::empty(),
-        })
-    }
-}
-
-fn empty_request() -> RequestView {
-    let (parts, ()) = http::Request::new(()).into_parts();
-    RequestView {
-        parts,
-        body: None,
-        body_visible: false,
-    }
-}
-
-fn empty_response() -> ResponseView {
-    let (parts, ()) = http::Response::new(()).into_parts();
-    ResponseView {
-        parts,
-        received: None,
-        body: None,
-        trailers: None,
-        body_visible: false,
     }
 }
 
@@ -498,12 +473,12 @@ fn set(
     Ok(())
 }
 
-impl api::Host for CallState {
-    fn ctx_get(&mut self, name: String) -> Option<String> {
-        self.ctx().get(&name).cloned()
+impl host_api::Host for CallState {
+    fn ctx_get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.ctx().get(&name).cloned())
     }
 
-    fn ctx_set(&mut self, name: String, value: String) {
+    fn ctx_set(&mut self, name: String, value: String) -> wasmtime::Result<()> {
         let ctx = self.ctx();
         let room = ctx.len() < 64 || ctx.contains_key(&name);
         if room && name.len() <= 128 && value.len() <= 4096 {
@@ -511,9 +486,10 @@ impl api::Host for CallState {
         } else {
             tracing::warn!(plugin = %self.plugin, "context value `{name}` dropped: too many or too large");
         }
+        Ok(())
     }
 
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -522,105 +498,106 @@ impl api::Host for CallState {
             Level::Warn => tracing::warn!(plugin, "{message}"),
             Level::Error => tracing::error!(plugin, "{message}"),
         }
+        Ok(())
     }
 }
 
-impl api::HostRequest for CallState {
-    fn method(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request().parts.method.as_str().to_owned()
+/// A plugin-visible outcome (`result<_, string>`) of a host call that did not trap.
+type Outcome = wasmtime::Result<Result<(), String>>;
+
+impl request_api::Host for CallState {
+    fn method(&mut self) -> wasmtime::Result<String> {
+        Ok(self.request()?.parts.method.as_str().to_owned())
     }
 
-    fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> Result<(), String> {
-        let method = Method::from_bytes(method.as_bytes())
-            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
-        self.request().parts.method = method;
-        Ok(())
+    fn set_method(&mut self, method: String) -> Outcome {
+        let request = self.request()?;
+        Ok(match Method::from_bytes(method.as_bytes()) {
+            Ok(method) => {
+                request.parts.method = method;
+                Ok(())
+            }
+            Err(_) => Err(format!("`{method}` is not an HTTP method")),
+        })
     }
 
-    fn path(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request().parts.uri.path().to_owned()
+    fn path(&mut self) -> wasmtime::Result<String> {
+        Ok(self.request()?.parts.uri.path().to_owned())
     }
 
-    fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+    fn set_path(&mut self, path: String) -> Outcome {
+        let parts = &mut self.request()?.parts;
         if !path.starts_with('/') {
-            return Err(format!("path `{path}` must start with `/`"));
+            return Ok(Err(format!("path `{path}` must start with `/`")));
         }
-        let query = self.request().parts.uri.query().map(str::to_owned);
-        set_path_and_query(&mut self.request().parts, &path, query.as_deref())
+        let query = parts.uri.query().map(str::to_owned);
+        Ok(set_path_and_query(parts, &path, query.as_deref()))
     }
 
-    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
-        self.request().parts.uri.query().map(str::to_owned)
+    fn query(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.parts.uri.query().map(str::to_owned))
     }
 
-    fn set_query(
-        &mut self,
-        _: Resource<RequestHandle>,
-        query: Option<String>,
-    ) -> Result<(), String> {
-        let path = self.request().parts.uri.path().to_owned();
-        set_path_and_query(&mut self.request().parts, &path, query.as_deref())
+    fn set_query(&mut self, query: Option<String>) -> Outcome {
+        let parts = &mut self.request()?.parts;
+        let path = parts.uri.path().to_owned();
+        Ok(set_path_and_query(parts, &path, query.as_deref()))
     }
 
-    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<Vec<u8>> {
-        first(&self.request().parts.headers, &name)
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first(&self.request()?.parts.headers, &name))
     }
 
-    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<Vec<u8>> {
-        all(&self.request().parts.headers, &name)
+    fn header_all(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(all(&self.request()?.parts.headers, &name))
     }
 
-    fn header_names(&mut self, _: Resource<RequestHandle>) -> Vec<String> {
-        names(&self.request().parts.headers)
+    fn header_names(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.request()?.parts.headers))
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> Outcome {
         self.put_header(Part::Request, &name, value, false)
     }
 
-    fn append_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> Outcome {
         self.put_header(Part::Request, &name, value, true)
     }
 
-    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        self.drop_header(Part::Request, &name);
+    fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
+        self.drop_header(Part::Request, &name)
     }
 
-    fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
+    fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         self.read_body(Part::Request)
     }
 
-    fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) -> Result<(), String> {
+    fn set_body(&mut self, body: Vec<u8>) -> Outcome {
         self.write_body(Part::Request, body)
     }
 
-    fn host(&mut self, _: Resource<RequestHandle>) -> Option<String> {
-        self.info().host()
+    fn host(&mut self) -> wasmtime::Result<Option<String>> {
+        self.request()?;
+        Ok(self.info()?.host())
     }
 
-    fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
-        self.info().client_ip.to_string()
+    fn client_ip(&mut self) -> wasmtime::Result<String> {
+        self.request()?;
+        Ok(self.info()?.client_ip.to_string())
     }
 
-    fn route(&mut self, _: Resource<RequestHandle>) -> String {
-        self.info().route.to_string()
+    fn route(&mut self) -> wasmtime::Result<String> {
+        self.request()?;
+        Ok(self.info()?.route.to_string())
     }
 
-    fn request_id(&mut self, _: Resource<RequestHandle>) -> String {
-        self.info().request_id()
+    fn request_id(&mut self) -> wasmtime::Result<String> {
+        self.request()?;
+        Ok(self.info()?.request_id())
     }
 
-    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+    fn respond(&mut self, reply: Reply) -> wasmtime::Result<()> {
+        self.request()?.reply = Some(reply);
         Ok(())
     }
 }
@@ -643,134 +620,142 @@ fn set_path_and_query(
     Ok(())
 }
 
-impl api::HostResponse for CallState {
-    fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
-        self.response().parts.status.as_u16()
+impl response_api::Host for CallState {
+    fn status(&mut self) -> wasmtime::Result<u16> {
+        Ok(self.response()?.parts.status.as_u16())
     }
 
-    fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> Result<(), String> {
-        self.response().parts.status =
-            StatusCode::from_u16(status).map_err(|_| format!("{status} is not an HTTP status"))?;
-        Ok(())
+    fn set_status(&mut self, status: u16) -> Outcome {
+        let parts = &mut self.response()?.parts;
+        Ok(match StatusCode::from_u16(status) {
+            Ok(status) => {
+                parts.status = status;
+                Ok(())
+            }
+            Err(_) => Err(format!("{status} is not an HTTP status")),
+        })
     }
 
-    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
-        first(self.headers(Part::Response), &name)
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first(self.headers(Part::Response)?, &name))
     }
 
-    fn header_all(&mut self, _: Resource<ResponseHandle>, name: String) -> Vec<Vec<u8>> {
-        all(self.headers(Part::Response), &name)
+    fn header_all(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(all(self.headers(Part::Response)?, &name))
     }
 
-    fn header_names(&mut self, _: Resource<ResponseHandle>) -> Vec<String> {
-        names(self.headers(Part::Response))
+    fn header_names(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(names(self.headers(Part::Response)?))
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> Outcome {
         self.put_header(Part::Response, &name, value, false)
     }
 
-    fn append_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> Outcome {
         self.put_header(Part::Response, &name, value, true)
     }
 
-    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        self.drop_header(Part::Response, &name);
+    fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
+        self.drop_header(Part::Response, &name)
     }
 
-    fn body(&mut self, _: Resource<ResponseHandle>) -> Option<Vec<u8>> {
+    fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         self.read_body(Part::Response)
     }
 
-    fn set_body(&mut self, _: Resource<ResponseHandle>, body: Vec<u8>) -> Result<(), String> {
+    fn set_body(&mut self, body: Vec<u8>) -> Outcome {
         self.write_body(Part::Response, body)
     }
 
-    fn trailer(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
-        let response = self.response();
+    fn trailer(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let response = self.response()?;
         if !response.body_visible {
-            return None;
+            return Ok(None);
         }
-        response.trailers.as_ref().and_then(|t| first(t, &name))
+        Ok(response.trailers.as_ref().and_then(|t| first(t, &name)))
     }
 
-    fn set_trailer(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
-        self.charge(&name, &value)?;
-        let response = self.response();
+    fn set_trailer(&mut self, name: String, value: Vec<u8>) -> Outcome {
+        self.response()?;
+        if let Err(why) = self.charge(&name, &value) {
+            return Ok(Err(why));
+        }
+        let response = self.response()?;
         if !response.body_visible {
-            return Err("the plugin did not declare `response-body`".into());
+            return Ok(Err("the plugin did not declare `response-body`".into()));
         }
-        let name = header_name(&name)?;
-        if reserved(&name) {
-            return Err(format!("`{name}` is managed by the gateway"));
-        }
-        let value = header_value(value)?;
+        let name = match header_name(&name) {
+            Ok(name) if reserved(&name) => {
+                return Ok(Err(format!("`{name}` is managed by the gateway")));
+            }
+            Ok(name) => name,
+            Err(why) => return Ok(Err(why)),
+        };
+        let value = match header_value(value) {
+            Ok(value) => value,
+            Err(why) => return Ok(Err(why)),
+        };
         response
             .trailers
             .get_or_insert_with(HeaderMap::new)
             .insert(name, value);
-        Ok(())
+        Ok(Ok(()))
     }
 
-    fn remove_trailer(&mut self, _: Resource<ResponseHandle>, name: String) {
-        let response = self.response();
+    fn remove_trailer(&mut self, name: String) -> wasmtime::Result<()> {
+        let response = self.response()?;
         if !response.body_visible {
-            return;
+            return Ok(());
         }
         if let (Ok(name), Some(trailers)) = (header_name(&name), response.trailers.as_mut())
             && !reserved(&name)
         {
             trailers.remove(name);
         }
-    }
-
-    fn request_method(&mut self, _: Resource<ResponseHandle>) -> String {
-        self.info().method.as_str().to_owned()
-    }
-
-    fn request_path(&mut self, _: Resource<ResponseHandle>) -> String {
-        self.info().uri.path().to_owned()
-    }
-
-    fn request_host(&mut self, _: Resource<ResponseHandle>) -> Option<String> {
-        self.info().host()
-    }
-
-    fn client_ip(&mut self, _: Resource<ResponseHandle>) -> String {
-        self.info().client_ip.to_string()
-    }
-
-    fn route(&mut self, _: Resource<ResponseHandle>) -> String {
-        self.info().route.to_string()
-    }
-
-    fn request_id(&mut self, _: Resource<ResponseHandle>) -> String {
-        self.info().request_id()
-    }
-
-    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
         Ok(())
+    }
+
+    fn request_method(&mut self) -> wasmtime::Result<String> {
+        self.response()?;
+        Ok(self.info()?.method.as_str().to_owned())
+    }
+
+    fn request_path(&mut self) -> wasmtime::Result<String> {
+        self.response()?;
+        Ok(self.info()?.uri.path().to_owned())
+    }
+
+    fn request_host(&mut self) -> wasmtime::Result<Option<String>> {
+        self.response()?;
+        Ok(self.info()?.host())
+    }
+
+    fn client_ip(&mut self) -> wasmtime::Result<String> {
+        self.response()?;
+        Ok(self.info()?.client_ip.to_string())
+    }
+
+    fn route(&mut self) -> wasmtime::Result<String> {
+        self.response()?;
+        Ok(self.info()?.route.to_string())
+    }
+
+    fn request_id(&mut self) -> wasmtime::Result<String> {
+        self.response()?;
+        Ok(self.info()?.request_id())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn world_version_is_the_wit_package_s() {
+        let wit = include_str!("../../../plugin-sdk/wit/plugin.wit");
+        assert!(wit.starts_with(&format!("package wasmgate:plugin@{WORLD_VERSION};")));
+    }
 
     #[test]
     fn reserved_headers_are_refused_except_te_trailers() {

@@ -26,7 +26,7 @@ pub use compile::{
 };
 pub use config::resolve_config;
 pub use host::reserved as reserved_header;
-pub use host::{Action, Context, Reply, RequestInfo, RequestView, ResponseView};
+pub use host::{Context, Reply, RequestInfo, RequestView, ResponseView};
 use pool::{InstancePool, Shared};
 
 use crate::config::{Diagnostics, Isolation, OnError, PluginConfig, Size, Spanned};
@@ -239,13 +239,17 @@ impl PluginChain {
                 ctx,
                 info: call.info.as_ref(),
             };
-            match link.pool.on_request(view, shared, held) {
-                Ok(Action::Continue) => {}
-                Ok(Action::Respond(reply)) => {
-                    return Ok(RequestOutcome::Respond {
-                        reply,
-                        ran: index + 1,
-                    });
+            let result = link.pool.on_request(view, shared, held);
+            // A reply stands only from a call that succeeded.
+            let reply = view.reply.take();
+            match result {
+                Ok(()) => {
+                    if let Some(reply) = reply {
+                        return Ok(RequestOutcome::Respond {
+                            reply,
+                            ran: index + 1,
+                        });
+                    }
                 }
                 Err(failure) => link.failed(failure)?,
             }

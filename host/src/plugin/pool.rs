@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use wasmtime::Store;
-use wasmtime::component::Resource;
 
 use super::deadline::NEXT_EPOCH;
 use super::engine::PluginEngine;
 use super::host::{
-    Action, CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
+    CallState, Context, PluginWorld, PluginWorldPre, RequestInfo, RequestView, ResponseView,
 };
 use super::loan::{Borrowed, Message};
 use super::{PluginFailure, PluginSpec};
@@ -158,14 +157,14 @@ impl InstancePool {
         }
     }
 
-    /// Runs `on-request`. The view and context go into the store for the call and come back
-    /// whatever happens; a trapped instance is dropped.
+    /// Runs `on-request`; a plugin that answers leaves its reply in `view.reply`. The view
+    /// and context are lent to the store for the call only; a trapped instance is dropped.
     pub fn on_request(
         &self,
         view: &mut RequestView,
         shared: Shared<'_>,
         held: &mut Held,
-    ) -> Result<Action, PluginFailure> {
+    ) -> Result<(), PluginFailure> {
         let started = Instant::now();
         let result = self.run_on_request(view, shared, held, started);
         self.count(Phase::on_request, started, &result);
@@ -178,9 +177,9 @@ impl InstancePool {
         shared: Shared<'_>,
         held: &mut Held,
         started: Instant,
-    ) -> Result<Action, PluginFailure> {
+    ) -> Result<(), PluginFailure> {
         let (instance, began) = self.checkout(started)?;
-        let (action, instance) = self.call(
+        let ((), instance) = self.call(
             instance,
             began,
             "on-request",
@@ -189,14 +188,14 @@ impl InstancePool {
                 instance
                     .world
                     .wasmgate_plugin_handler()
-                    .call_on_request(&mut instance.store, Resource::new_borrow(0))
+                    .call_on_request(&mut instance.store)
             },
         )?;
         match self.spec.isolation {
             Isolation::PerRequest => held.0 = Some(instance),
             Isolation::Pooled => self.checkin(instance),
         }
-        Ok(action)
+        Ok(())
     }
 
     /// Runs `on-response`, like [`InstancePool::on_request`], in the request's own instance
@@ -233,7 +232,7 @@ impl InstancePool {
                 instance
                     .world
                     .wasmgate_plugin_handler()
-                    .call_on_response(&mut instance.store, Resource::new_borrow(0))
+                    .call_on_response(&mut instance.store)
             },
         )?;
         self.checkin(instance);
@@ -314,10 +313,7 @@ impl InstancePool {
             ),
             Some(trap) => (PluginErrorKind::trap, format!("trapped: {trap}")),
             // Not a wasm trap: a host call refused (a WASI function plugins do not get, say).
-            None => (
-                PluginErrorKind::trap,
-                format!("failed: {}", err.root_cause()),
-            ),
+            None => (PluginErrorKind::trap, err.root_cause().to_string()),
         };
         self.failure(kind, format!("plugin `{}` {what}: {cause}", self.spec.name))
     }

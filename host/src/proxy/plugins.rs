@@ -61,6 +61,7 @@ pub fn request_phase(
         parts,
         body,
         body_visible: false,
+        reply: None,
     };
     let mut call = chain.begin(info);
     match chain

@@ -9,7 +9,8 @@
 //! (reports the module's [`MODULE_VERSION`] and its config's `name` in the request and the
 //! response, so reload tests can tell which module and config served).
 //! Hostile modes: `trap`, `panic`, `loop`, `memory`, `huge-header`, `print` (standard output,
-//! which plugins do not have).
+//! which plugins do not have), `out-of-phase` (calls a `request` function from `on-response`,
+//! which the SDK does not offer but the raw bindings do).
 
 use serde::Deserialize;
 use wasmgate_sdk::{Action, Capabilities, Plugin, Reply, Request, Response};
@@ -53,6 +54,7 @@ const MODES: &[&str] = &[
     "loop",
     "memory",
     "huge-header",
+    "out-of-phase",
 ];
 
 impl Plugin for TestPlugin {
@@ -213,9 +215,20 @@ impl Plugin for TestPlugin {
                 body.extend_from_slice(b"-rewritten");
                 response.set_body(body).unwrap();
             }
+            "out-of-phase" => out_of_phase(),
             _ => {}
         }
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn out_of_phase() {
+    std::hint::black_box(wasmgate_sdk::bindings::wasmgate::plugin::request::path());
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn out_of_phase() {
+    std::process::abort()
 }
 
 #[cfg(target_arch = "wasm32")]
