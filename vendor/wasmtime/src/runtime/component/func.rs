@@ -389,6 +389,8 @@ impl Func {
         }
     }
 
+    // wasmgate patch: used only by the concurrent (component-model-async) paths now.
+    #[cfg_attr(not(feature = "component-model-async"), allow(dead_code))]
     pub(crate) fn post_return_core_func(&self, store: &StoreOpaque) -> Option<NonNull<VMFuncRef>> {
         let instance = self.instance.id().get(store);
         let component = instance.component();
@@ -455,14 +457,24 @@ impl Func {
         LowerReturn: Copy,
     {
         let export = self.lifted_core_func(store.0);
-        let (_options, _flags, _ty, raw_options) = self.abi_info(store.0);
+        // wasmgate patch: the export's ABI is looked up once per call, not once here, once
+        // more for `abi_async`, and once each in `with_lower_context` and
+        // `with_lift_context` (each a walk from the store to the component's tables).
+        let (options, _flags, ty, raw_options) = self.abi_info(store.0);
         let instance = self.instance.runtime_instance(raw_options.instance);
+        let async_type = raw_options.async_;
+        if async_type {
+            // (Both callers checked this before the patch, each with its own lookup.)
+            bail!(
+                "cannot synchronously call an async-lifted export; \
+                 use `call_async` or `call_concurrent` instead"
+            );
+        }
 
         if !store.0.may_enter(instance)? {
             bail!(crate::Trap::CannotEnterComponent);
         }
 
-        let async_type = self.abi_async(store.0);
         store.0.enter_guest_sync_call(None, async_type, instance)?;
 
         #[repr(C)]
@@ -488,9 +500,11 @@ impl Func {
         assert!(mem::align_of_val(map_maybe_uninit!(space.params)) == val_align);
         assert!(mem::align_of_val(map_maybe_uninit!(space.ret)) == val_align);
 
-        self.with_lower_context(store.as_context_mut(), |cx, ty| {
-            lower(cx, ty, map_maybe_uninit!(space.params))
-        })?;
+        {
+            let mut cx = LowerContext::new(store.as_context_mut(), options, self.instance);
+            let param_ty = InterfaceType::Tuple(cx.types[ty].params);
+            lower(&mut cx, param_ty, map_maybe_uninit!(space.params))?;
+        }
 
         // SAFETY: We are providing the guarantee that all the inputs are valid.
         // The various pointers passed in for the function are all valid since
@@ -534,7 +548,11 @@ impl Func {
         // is currently required to be 0 or 1 values according to the
         // canonical ABI, is saved within the `Store`'s `FuncData`. This'll
         // later get used in post-return.
-        let val = self.with_lift_context(store.0, |cx, ty| lift(cx, ty, ret))?;
+        let val = {
+            let mut cx = LiftContext::new(store.0, options, self.instance)?;
+            let result_ty = InterfaceType::Tuple(cx.types[ty].results);
+            lift(&mut cx, result_ty, ret)?
+        };
 
         // SAFETY: it's a contract of this function that `LowerReturn` is an
         // appropriate representation of the result of this function.
@@ -566,12 +584,16 @@ impl Func {
     pub(crate) fn post_return_impl(&self, mut store: impl AsContextMut, arg: ValRaw) -> Result<()> {
         let mut store = store.as_context_mut();
 
-        let index = self.index;
+        // wasmgate patch: one lookup of the export's options (`post_return_core_func` made
+        // its own).
         let vminstance = self.instance.id().get(store.0);
         let component = vminstance.component();
-        let (_ty, _def, options) = component.export_lifted_function(index);
-        let post_return = self.post_return_core_func(store.0);
-        let flags = vminstance.instance_flags(component.env_component().options[options].instance);
+        let (_ty, _def, options) = component.export_lifted_function(self.index);
+        let raw_options = &component.env_component().options[options];
+        let post_return = raw_options
+            .post_return
+            .map(|i| vminstance.runtime_post_return(i));
+        let flags = vminstance.instance_flags(raw_options.instance);
 
         unsafe {
             call_post_return(&mut store, post_return, arg, flags)?;
@@ -681,6 +703,8 @@ impl Func {
     /// The `lower` closure provided should perform the actual lowering and
     /// return the result of the lowering operation which is then returned from
     /// this function as well.
+    // wasmgate patch: used only by the concurrent (component-model-async) paths now.
+    #[cfg_attr(not(feature = "component-model-async"), allow(dead_code))]
     pub(crate) fn with_lower_context<T>(
         self,
         mut store: StoreContextMut<T>,
@@ -697,6 +721,8 @@ impl Func {
     ///
     /// The closure `lift` provided should actually perform the lift itself and
     /// the result of that closure is returned from this function call as well.
+    // wasmgate patch: used only by the concurrent (component-model-async) paths now.
+    #[cfg_attr(not(feature = "component-model-async"), allow(dead_code))]
     pub(crate) fn with_lift_context<R>(
         self,
         store: &mut StoreOpaque,

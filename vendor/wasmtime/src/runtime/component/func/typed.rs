@@ -210,12 +210,8 @@ where
     fn call_impl(&self, mut store: impl AsContextMut, params: Params) -> Result<Return> {
         let mut store = store.as_context_mut();
 
-        if self.func.abi_async(store.0) {
-            bail!(
-                "cannot synchronously call an async-lifted export; \
-                 use `call_async` or `call_concurrent` instead"
-            );
-        }
+        // wasmgate patch: `call_raw` refuses an async-lifted export (it looked the ABI up
+        // here as well before).
 
         // Note that this is in theory simpler than it might read at this time.
         // Here we're doing a runtime dispatch on the `flatten_count` for the
