@@ -89,7 +89,7 @@ impl RequestInfo {
     }
 }
 
-/// The request as the plugin sees it.
+/// The request as the plugin sees it (the proxy's own, for the phase).
 pub struct RequestView {
     pub parts: http::request::Parts,
     /// `Some` when some plugin in the chain asked for the request body.
@@ -99,11 +99,23 @@ pub struct RequestView {
     pub reply: Option<Reply>,
 }
 
-/// The response as the plugin sees it.
+impl RequestView {
+    pub fn new(parts: http::request::Parts, body: Option<Bytes>) -> Self {
+        RequestView {
+            parts,
+            body,
+            body_visible: false,
+            reply: None,
+        }
+    }
+}
+
+/// The response as the plugin sees it: what its host functions reach, taken out of the
+/// response for the phase and put back after it (moving a map, not the whole response).
 pub struct ResponseView {
-    /// Its headers hold what the plugins set, and the upstream's fields once `received` is
-    /// merged in.
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    /// What the plugins set, and the upstream's fields once `received` is merged in.
+    pub headers: HeaderMap,
     /// The upstream's fields as received (see `http1::ReceivedFields`), until a plugin reads,
     /// appends to or removes a response header: only then are they merged into the map. A
     /// chain that only sets response headers leaves them as received; a set header replaces
@@ -118,12 +130,12 @@ impl ResponseView {
     /// The headers with the upstream's fields merged in.
     fn complete_headers(&mut self) -> &mut HeaderMap {
         if let Some(fields) = self.received.take()
-            && let Err(why) = fields.merge_into(&mut self.parts.headers)
+            && let Err(why) = fields.merge_into(&mut self.headers)
         {
             // httparse admits only what the map admits: not expected to happen.
             tracing::warn!("the upstream's response fields cannot be shown to plugins: {why}");
         }
-        &mut self.parts.headers
+        &mut self.headers
     }
 }
 
@@ -315,7 +327,7 @@ impl CallState {
     fn headers_unmerged(&mut self, part: Part) -> wasmtime::Result<&mut HeaderMap> {
         Ok(match part {
             Part::Request => &mut self.request()?.parts.headers,
-            Part::Response => &mut self.response()?.parts.headers,
+            Part::Response => &mut self.response()?.headers,
         })
     }
 
@@ -622,14 +634,14 @@ fn set_path_and_query(
 
 impl response_api::Host for CallState {
     fn status(&mut self) -> wasmtime::Result<u16> {
-        Ok(self.response()?.parts.status.as_u16())
+        Ok(self.response()?.status.as_u16())
     }
 
     fn set_status(&mut self, status: u16) -> Outcome {
-        let parts = &mut self.response()?.parts;
+        let response = self.response()?;
         Ok(match StatusCode::from_u16(status) {
             Ok(status) => {
-                parts.status = status;
+                response.status = status;
                 Ok(())
             }
             Err(_) => Err(format!("{status} is not an HTTP status")),

@@ -173,6 +173,13 @@ pub enum RequestOutcome {
     Respond { reply: Reply, ran: usize },
 }
 
+impl ChainCall {
+    /// The request as the client sent it, before the plugins changed it.
+    pub fn info(&self) -> Option<&RequestInfo> {
+        self.info.as_ref()
+    }
+}
+
 impl PluginChain {
     /// Instantiates each plugin with its config (running `init`, which may reject it).
     pub fn build(

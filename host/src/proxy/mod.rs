@@ -24,14 +24,14 @@ use http_body::Body as _;
 
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::limit::{RateLimit, Verdict};
-use crate::plugin::ChainCall;
+use crate::plugin::{ChainCall, RequestInfo, RequestView};
 use crate::server::ConnInfo;
 use crate::server::h1::ClientUpgrade;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::AccessRecord;
 use crate::upstream::{Lease, Upstream, UpstreamBody};
 use body::{ClientBody, LimitedIncoming, ReplayBody, RequestBody, ResponseBody};
-use plugins::AfterRequest;
+use plugins::RequestPhaseEnd;
 
 /// Serves one request on `snapshot`; never fails: errors become responses.
 /// `head_error` is the connection's verdict on this request's HTTP/1 head, its framing and its
@@ -147,7 +147,7 @@ async fn proxy(
     let mut call = ChainCall::default();
     // The exchange ends with a response and the number of plugins that see it: a plugin's
     // answer (the plugins up to it) or the upstream's (all of them).
-    let (response, ran) = 'exchange: {
+    let (mut response, ran) = 'exchange: {
         // Request phase of the route's plugins (they see the client's request as received).
         let (mut parts, buffered, incoming, rewritten_path) = if route.plugins.is_empty() {
             (parts, None, Some(incoming), rewritten_path)
@@ -158,39 +158,24 @@ async fn proxy(
             } else {
                 (None, Some(incoming))
             };
-            let identity = (client_ip, route.name.clone(), record.request_id().clone());
-            let after = plugins::request_phase(
-                &route.plugins,
-                parts,
-                body,
-                incoming,
-                identity,
-                &mut record.ctx,
-            )?;
-            match after {
-                AfterRequest::Respond {
-                    response,
-                    ran,
-                    call: chain_call,
-                } => {
-                    call = chain_call;
-                    break 'exchange (response, ran);
-                }
-                AfterRequest::Forward {
-                    parts,
-                    body,
-                    incoming,
-                    path_changed,
-                    call: chain_call,
-                } => {
-                    call = chain_call;
+            call = route.plugins.begin(RequestInfo::new(
+                client_ip,
+                route.name.clone(),
+                record.request_id().clone(),
+                &parts,
+            ));
+            let mut view = RequestView::new(parts, body);
+            match plugins::request_phase(&route.plugins, &mut call, &mut view, &mut record.ctx)? {
+                RequestPhaseEnd::Respond { response, ran } => break 'exchange (*response, ran),
+                RequestPhaseEnd::Forward { path_changed } => {
                     if let Some(limit) = limit_after_plugins {
-                        *quota_headers =
-                            Some(enforce(limit, client_ip, &parts.headers, &record.ctx).await?);
+                        *quota_headers = Some(
+                            enforce(limit, client_ip, &view.parts.headers, &record.ctx).await?,
+                        );
                     }
                     // A plugin that set the path decides it; the route's rewrite no longer applies.
                     let rewritten_path = if path_changed { None } else { rewritten_path };
-                    (parts, body, incoming, rewritten_path)
+                    (view.parts, view.body, incoming, rewritten_path)
                 }
             }
         };
@@ -251,24 +236,24 @@ async fn proxy(
     if ran == 0 {
         return Ok(response);
     }
-    let (parts, mut body) = response.into_parts();
     // Taken before a buffering consumes the body; merged into the map only if a plugin needs
     // them there (see `plugin::host::ResponseView`).
-    let received = body.take_received_fields();
-    let body = if route.plugins.needs_response_body() {
-        plugins::buffer_response(body, snapshot.max_body_bytes).await?
+    let received = response.body_mut().take_received_fields();
+    let buffered = if route.plugins.needs_response_body() {
+        Some(plugins::buffer_response(&mut response, snapshot.max_body_bytes).await?)
     } else {
-        plugins::ResponseSource::Streaming(body)
+        None
     };
     plugins::response_phase(
         &route.plugins,
         &mut call,
         ran,
-        parts,
+        &mut response,
         received,
-        body,
+        buffered,
         &mut record.ctx,
-    )
+    )?;
+    Ok(response)
 }
 
 /// Rejects requests whose framing is ambiguous (request smuggling) or too large up front.

@@ -3,12 +3,8 @@
 //! only when a plugin of the chain declared it reads them, and then only up to
 //! `max_body_bytes`.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -16,26 +12,22 @@ use super::body::{BoxError, ClientBody, ResponseBody, ResponseTimedOut, merge_fi
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::ReceivedFields;
 use crate::plugin::{
-    ChainCall, Context, PluginChain, PluginFailure, Reply, RequestInfo, RequestOutcome,
-    RequestView, ResponseView,
+    ChainCall, Context, PluginChain, PluginFailure, Reply, RequestOutcome, RequestView,
+    ResponseView,
 };
 
-/// The request after the request phase.
-pub enum AfterRequest {
-    /// Go upstream with these parts; `body` is `Some` when it was buffered for the plugins.
+/// How the request phase ended.
+pub enum RequestPhaseEnd {
+    /// Go upstream with the view's parts and body.
     Forward {
-        parts: Parts,
-        body: Option<Bytes>,
-        incoming: Option<ClientBody>,
         /// A plugin changed the path: the route's `rewrite` no longer applies.
         path_changed: bool,
-        call: ChainCall,
     },
-    /// A plugin answered; the first `ran` plugins see the response.
+    /// A plugin answered; the first `ran` plugins see the response. (Boxed: answers are
+    /// the rare case, and the common one should not carry their size.)
     Respond {
-        response: Response<ResponseBody>,
+        response: Box<Response<ResponseBody>>,
         ran: usize,
-        call: ChainCall,
     },
 }
 
@@ -43,51 +35,32 @@ fn plugin_error(failure: PluginFailure) -> ProxyError {
     ProxyError::new(ErrorKind::PluginFailed, failure.message)
 }
 
-/// Runs the request phase. `body` is the request body when the chain reads it (buffered by
-/// [`buffer_request`]); otherwise `incoming` still holds it, untouched. Not async: buffering
-/// is the caller's, so that a chain that reads no body costs no future.
+/// Runs the request phase on the proxy's own request (`view.body` is the request body when
+/// the chain reads it, buffered by [`buffer_request`]). Not async: buffering is the
+/// caller's, so that a chain that reads no body costs no future; and the request is changed
+/// where it lies, not moved in and out.
 pub fn request_phase(
     chain: &PluginChain,
-    parts: Parts,
-    body: Option<Bytes>,
-    incoming: Option<ClientBody>,
-    identity: (IpAddr, Arc<str>, HeaderValue),
+    call: &mut ChainCall,
+    view: &mut RequestView,
     ctx: &mut Context,
-) -> Result<AfterRequest, ProxyError> {
-    let (client_ip, route, request_id) = identity;
-    let info = RequestInfo::new(client_ip, route, request_id, &parts);
-    let original_path = info.uri.clone();
-    let mut view = RequestView {
-        parts,
-        body,
-        body_visible: false,
-        reply: None,
-    };
-    let mut call = chain.begin(info);
-    match chain
-        .on_request(&mut call, &mut view, ctx)
-        .map_err(plugin_error)?
-    {
+) -> Result<RequestPhaseEnd, ProxyError> {
+    match chain.on_request(call, view, ctx).map_err(plugin_error)? {
         RequestOutcome::Continue => {
-            let path_changed = view.parts.uri.path() != original_path.path();
+            let path_changed = call
+                .info()
+                .is_some_and(|sent| view.parts.uri.path() != sent.uri.path());
             if let Some(body) = &view.body {
                 view.parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 view.parts.headers.remove(header::TRANSFER_ENCODING);
             }
-            Ok(AfterRequest::Forward {
-                parts: view.parts,
-                body: view.body,
-                incoming,
-                path_changed,
-                call,
-            })
+            Ok(RequestPhaseEnd::Forward { path_changed })
         }
-        RequestOutcome::Respond { reply, ran } => Ok(AfterRequest::Respond {
-            response: reply_response(reply),
+        RequestOutcome::Respond { reply, ran } => Ok(RequestPhaseEnd::Respond {
+            response: Box::new(reply_response(reply)),
             ran,
-            call,
         }),
     }
 }
@@ -161,75 +134,65 @@ fn response_body_error(err: BoxError, max_body_bytes: u64) -> ProxyError {
     ProxyError::new(kind, message).with_source(err)
 }
 
-/// The response body the response phase works on.
-pub enum ResponseSource {
-    /// The chain does not read bodies: the body streams through afterwards.
-    Streaming(ResponseBody),
-    /// Read whole by [`buffer_response`]: the body and its trailers.
-    Buffered(Bytes, Option<HeaderMap>),
-}
-
-/// The upstream's response body (and trailers), read whole for a chain that reads it.
+/// The upstream's response body (and trailers), read whole for a chain that reads it; the
+/// response is left with an empty body until the phase gives it the plugins' one.
 pub async fn buffer_response(
-    body: ResponseBody,
+    response: &mut Response<ResponseBody>,
     max_body_bytes: u64,
-) -> Result<ResponseSource, ProxyError> {
+) -> Result<(Bytes, Option<HeaderMap>), ProxyError> {
+    let body = std::mem::replace(response.body_mut(), ResponseBody::empty());
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
     let collected = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|err| response_body_error(err, max_body_bytes))?;
     let trailers = collected.trailers().cloned();
-    Ok(ResponseSource::Buffered(collected.to_bytes(), trailers))
+    Ok((collected.to_bytes(), trailers))
 }
 
-/// Runs the response phase of the first `ran` plugins. Not async, like [`request_phase`].
+/// Runs the response phase of the first `ran` plugins on `response`, in place. `buffered` is
+/// its body and trailers when the chain reads them ([`buffer_response`]); otherwise the body
+/// streams through afterwards. Not async, like [`request_phase`].
 pub fn response_phase(
     chain: &PluginChain,
     call: &mut ChainCall,
     ran: usize,
-    parts: http::response::Parts,
+    response: &mut Response<ResponseBody>,
     received: Option<ReceivedFields>,
-    body: ResponseSource,
+    buffered: Option<(Bytes, Option<HeaderMap>)>,
     ctx: &mut Context,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (buffered, trailers, streaming) = match body {
-        ResponseSource::Streaming(body) => (None, None, Some(body)),
-        ResponseSource::Buffered(body, trailers) => (Some(body), trailers, None),
-    };
+) -> Result<(), ProxyError> {
+    let is_buffered = buffered.is_some();
+    let (body, trailers) = buffered.map_or((None, None), |(body, trailers)| (Some(body), trailers));
     let mut view = ResponseView {
-        parts,
+        status: response.status(),
+        headers: std::mem::take(response.headers_mut()),
         received,
-        body: buffered,
+        body,
         trailers,
         body_visible: false,
     };
     chain
         .on_response(call, ran, &mut view, ctx)
         .map_err(plugin_error)?;
+    *response.status_mut() = view.status;
     // Fields no plugin needed in the map go back to the body they came with, to be written
     // out as received; a body the plugins replaced cannot carry them.
     let received = view.received.take();
-    let body = match (streaming, view.body) {
-        (Some(mut streaming), _) => {
-            if let Some(fields) = received
-                && let Err(fields) = streaming.restore_received_fields(fields)
-            {
-                merge_fields(fields, &mut view.parts.headers)?;
-            }
-            streaming
+    if is_buffered {
+        if let Some(fields) = received {
+            merge_fields(fields, &mut view.headers)?;
         }
-        (None, body) => {
-            if let Some(fields) = received {
-                merge_fields(fields, &mut view.parts.headers)?;
-            }
-            let body = body.unwrap_or_default();
-            view.parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            view.parts.headers.remove(header::TRANSFER_ENCODING);
-            ResponseBody::full(body).with_trailers(view.trailers)
-        }
-    };
-    Ok(Response::from_parts(view.parts, body))
+        let body = view.body.unwrap_or_default();
+        view.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        view.headers.remove(header::TRANSFER_ENCODING);
+        *response.body_mut() = ResponseBody::full(body).with_trailers(view.trailers);
+    } else if let Some(fields) = received
+        && let Err(fields) = response.body_mut().restore_received_fields(fields)
+    {
+        merge_fields(fields, &mut view.headers)?;
+    }
+    *response.headers_mut() = view.headers;
+    Ok(())
 }
