@@ -15,7 +15,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::proxy::body::OnBodyEnd;
 use crate::proxy::trace::TraceId;
-use access_log::{AccessLog, json_int, json_str, json_time};
+use access_log::{AccessLog, json_int, json_plain, json_str, json_time};
 use metrics::{RouteMetrics, metrics};
 
 /// Flushes the access log when dropped (at the end of `main`).
@@ -126,9 +126,11 @@ impl OnBodyEnd for AccessRecord {
             out.extend_from_slice(b"{\"timestamp\":");
             json_time(out, self.time);
             out.extend_from_slice(b",\"client_ip\":");
-            json_str(out, self.client_ip.to_str().unwrap_or(""));
+            // An IpAddr the gateway formatted (`headers::ip_header_value`), never header text.
+            json_plain(out, self.client_ip.as_bytes());
             out.extend_from_slice(b",\"method\":");
-            json_str(out, self.method.as_str());
+            // A method is a token (RFC 9110 5.6.2): no quote, backslash or control.
+            json_plain(out, self.method.as_str().as_bytes());
             out.extend_from_slice(b",\"path\":");
             json_str(out, &self.path);
             out.extend_from_slice(b",\"route\":");
@@ -151,7 +153,7 @@ impl OnBodyEnd for AccessRecord {
             out.extend_from_slice(b",\"request_id\":");
             json_str(out, self.request_id.to_str().unwrap_or(""));
             out.extend_from_slice(b",\"trace_id\":");
-            json_str(out, self.trace_id.as_str());
+            json_plain(out, self.trace_id.as_str().as_bytes());
             out.extend_from_slice(b",\"error\":");
             json_str(out, self.error.unwrap_or(""));
             if !self.ctx.is_empty() {
