@@ -342,6 +342,21 @@ impl CallState {
         Ok(())
     }
 
+    /// `header` of either message: the name goes through the instance's parsed names, as a
+    /// plugin reads the same few headers on every request. An invalid name is never present.
+    fn read_header(&mut self, part: Part, name: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        let name = self.names.parse(name);
+        let headers = self.headers(part)?;
+        Ok(name.ok().and_then(|name| first(headers, &name)))
+    }
+
+    /// `header-all` of either message, like [`CallState::read_header`].
+    fn read_header_all(&mut self, part: Part, name: &str) -> wasmtime::Result<Vec<Vec<u8>>> {
+        let name = self.names.parse(name);
+        let headers = self.headers(part)?;
+        Ok(name.map(|name| all(headers, &name)).unwrap_or_default())
+    }
+
     /// The body slot of either message and whether the current plugin declared it.
     fn body_slot(&mut self, part: Part) -> wasmtime::Result<(&mut Option<Bytes>, bool)> {
         Ok(match part {
@@ -401,8 +416,8 @@ impl WasiView for CallState {
     }
 }
 
-/// Header names a plugin sets or removes, parsed once per instance: a plugin names the same few
-/// headers on every request, and parsing a name that is not a standard one allocates it.
+/// Header names a plugin reads, sets or removes, parsed once per instance: a plugin names the same
+/// few headers on every request, and parsing a name that is not a standard one allocates it.
 #[derive(Default)]
 struct HeaderNames(Vec<(Box<str>, HeaderName)>);
 
@@ -433,11 +448,11 @@ fn header_value(value: Vec<u8>) -> Result<HeaderValue, String> {
         .map_err(|_| "invalid header value (control characters?)".to_owned())
 }
 
-fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+fn first(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     headers.get(name).map(|v| v.as_bytes().to_vec())
 }
 
-fn all(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+fn all(headers: &HeaderMap, name: &HeaderName) -> Vec<Vec<u8>> {
     headers
         .get_all(name)
         .iter()
@@ -557,11 +572,11 @@ impl request_api::Host for CallState {
     }
 
     fn header(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(first(&self.request()?.parts.headers, &name))
+        self.read_header(Part::Request, &name)
     }
 
     fn header_all(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(all(&self.request()?.parts.headers, &name))
+        self.read_header_all(Part::Request, &name)
     }
 
     fn header_names(&mut self) -> wasmtime::Result<Vec<String>> {
@@ -649,11 +664,11 @@ impl response_api::Host for CallState {
     }
 
     fn header(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(first(self.headers(Part::Response)?, &name))
+        self.read_header(Part::Response, &name)
     }
 
     fn header_all(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(all(self.headers(Part::Response)?, &name))
+        self.read_header_all(Part::Response, &name)
     }
 
     fn header_names(&mut self) -> wasmtime::Result<Vec<String>> {
@@ -685,7 +700,12 @@ impl response_api::Host for CallState {
         if !response.body_visible {
             return Ok(None);
         }
-        Ok(response.trailers.as_ref().and_then(|t| first(t, &name)))
+        let name = header_name(&name).ok();
+        Ok(response
+            .trailers
+            .as_ref()
+            .zip(name)
+            .and_then(|(trailers, name)| first(trailers, &name)))
     }
 
     fn set_trailer(&mut self, name: String, value: Vec<u8>) -> Outcome {
