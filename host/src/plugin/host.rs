@@ -282,8 +282,18 @@ impl CallState {
         }
     }
 
-    /// The identity of the request being handled (lent to both phases).
-    fn info(&self) -> wasmtime::Result<&RequestInfo> {
+    /// Traps unless the phase of `part` is running.
+    fn in_phase(&mut self, part: Part) -> wasmtime::Result<()> {
+        match part {
+            Part::Request => self.request().map(drop),
+            Part::Response => self.response().map(drop),
+        }
+    }
+
+    /// The identity of the request being handled (lent to both phases), for the functions of
+    /// `part`, which are only for its phase.
+    fn identity(&mut self, part: Part) -> wasmtime::Result<&RequestInfo> {
+        self.in_phase(part)?;
         self.loan
             .info()
             .ok_or_else(|| wasmtime::format_err!("no request is being handled"))
@@ -291,10 +301,10 @@ impl CallState {
 
     /// The headers of either message, complete (see [`ResponseView::received`]).
     fn headers(&mut self, part: Part) -> wasmtime::Result<&mut HeaderMap> {
-        Ok(match part {
-            Part::Request => &mut self.request()?.parts.headers,
-            Part::Response => self.response()?.complete_headers(),
-        })
+        match part {
+            Part::Request => self.headers_unmerged(part),
+            Part::Response => Ok(self.response()?.complete_headers()),
+        }
     }
 
     /// `set-header` / `append-header` of either message, within the call's output budget.
@@ -306,7 +316,7 @@ impl CallState {
         append: bool,
     ) -> wasmtime::Result<Result<(), String>> {
         // Out of phase traps, even when the header would be refused anyway.
-        self.headers_unmerged(part)?;
+        self.in_phase(part)?;
         if let Err(why) = self.charge(name, &value) {
             return Ok(Err(why));
         }
@@ -604,23 +614,19 @@ impl request_api::Host for CallState {
     }
 
     fn host(&mut self) -> wasmtime::Result<Option<String>> {
-        self.request()?;
-        Ok(self.info()?.host())
+        Ok(self.identity(Part::Request)?.host())
     }
 
     fn client_ip(&mut self) -> wasmtime::Result<String> {
-        self.request()?;
-        Ok(self.info()?.client_ip.to_string())
+        Ok(self.identity(Part::Request)?.client_ip.to_string())
     }
 
     fn route(&mut self) -> wasmtime::Result<String> {
-        self.request()?;
-        Ok(self.info()?.route.to_string())
+        Ok(self.identity(Part::Request)?.route.to_string())
     }
 
     fn request_id(&mut self) -> wasmtime::Result<String> {
-        self.request()?;
-        Ok(self.info()?.request_id())
+        Ok(self.identity(Part::Request)?.request_id())
     }
 
     fn respond(&mut self, reply: Reply) -> wasmtime::Result<()> {
@@ -709,7 +715,7 @@ impl response_api::Host for CallState {
     }
 
     fn set_trailer(&mut self, name: String, value: Vec<u8>) -> Outcome {
-        self.response()?;
+        self.in_phase(Part::Response)?;
         if let Err(why) = self.charge(&name, &value) {
             return Ok(Err(why));
         }
@@ -749,33 +755,27 @@ impl response_api::Host for CallState {
     }
 
     fn request_method(&mut self) -> wasmtime::Result<String> {
-        self.response()?;
-        Ok(self.info()?.method.as_str().to_owned())
+        Ok(self.identity(Part::Response)?.method.as_str().to_owned())
     }
 
     fn request_path(&mut self) -> wasmtime::Result<String> {
-        self.response()?;
-        Ok(self.info()?.uri.path().to_owned())
+        Ok(self.identity(Part::Response)?.uri.path().to_owned())
     }
 
     fn request_host(&mut self) -> wasmtime::Result<Option<String>> {
-        self.response()?;
-        Ok(self.info()?.host())
+        Ok(self.identity(Part::Response)?.host())
     }
 
     fn client_ip(&mut self) -> wasmtime::Result<String> {
-        self.response()?;
-        Ok(self.info()?.client_ip.to_string())
+        Ok(self.identity(Part::Response)?.client_ip.to_string())
     }
 
     fn route(&mut self) -> wasmtime::Result<String> {
-        self.response()?;
-        Ok(self.info()?.route.to_string())
+        Ok(self.identity(Part::Response)?.route.to_string())
     }
 
     fn request_id(&mut self) -> wasmtime::Result<String> {
-        self.response()?;
-        Ok(self.info()?.request_id())
+        Ok(self.identity(Part::Response)?.request_id())
     }
 }
 
